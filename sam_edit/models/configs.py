@@ -1,0 +1,129 @@
+"""Architecture configs: the tiny set for tests and the real sizes for offline benchmarks.
+
+The tiny configs keep the *layout* of the real models (four UNet levels with cross-attention
+in the middle ones, a VAE that downsamples by 8, CLIP's 49,408-token vocabulary, SAM's
+encoder/prompt-encoder/decoder split) so that every code path runs as it does with real
+weights, only smaller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CLIP_VOCAB_SIZE = 49408  # OpenAI CLIP BPE vocabulary, shared by SD 1.x and CLIP ViT-L/14
+CLIP_BOS_ID = 49406
+CLIP_EOS_ID = 49407
+
+TINY_TEXT_DIM = 32  # hidden size of the tiny text encoder = UNet cross-attention dim
+
+TINY_UNET = dict(
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    # SD has attention on the top level too; at tiny sizes its self-attention over every
+    # latent pixel would cost more than the rest of the UNet, so the top level has none.
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    block_out_channels=(8, 16, 16, 16),
+    layers_per_block=1,
+    norm_num_groups=8,
+    cross_attention_dim=TINY_TEXT_DIM,
+    attention_head_dim=4,  # 2 to 4 heads per layer, like SD's 8 heads of 40 to 160 dims
+)
+
+TINY_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(8, 8, 8, 8),  # four levels: downsampling by 8, as in SD
+    layers_per_block=1,
+    norm_num_groups=4,
+    latent_channels=4,
+    sample_size=64,
+)
+
+TINY_TEXT_ENCODER = dict(
+    vocab_size=CLIP_VOCAB_SIZE,
+    hidden_size=TINY_TEXT_DIM,
+    intermediate_size=64,
+    num_attention_heads=2,
+    num_hidden_layers=2,
+    max_position_embeddings=77,
+    bos_token_id=CLIP_BOS_ID,
+    eos_token_id=CLIP_EOS_ID,
+    pad_token_id=CLIP_EOS_ID,
+    projection_dim=TINY_TEXT_DIM,
+)
+
+TINY_CLIP_VISION = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_attention_heads=2,
+    num_hidden_layers=2,
+    image_size=32,
+    patch_size=8,
+    projection_dim=TINY_TEXT_DIM,
+)
+
+# ControlNet shares the UNet's down path; its conditioning embedding downsamples by 8.
+TINY_CONTROLNET = dict(
+    in_channels=4,
+    down_block_types=TINY_UNET["down_block_types"],
+    block_out_channels=TINY_UNET["block_out_channels"],
+    layers_per_block=1,
+    norm_num_groups=8,
+    cross_attention_dim=TINY_TEXT_DIM,
+    attention_head_dim=4,
+    conditioning_embedding_out_channels=(4, 8, 8, 16),
+)
+
+DDIM_SCHEDULER = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    num_train_timesteps=1000,
+)
+
+
+@dataclass(frozen=True)
+class SamConfig:
+    """Sizes of a SAM model, as in segment-anything's `build_sam.py`."""
+
+    encoder_embed_dim: int
+    encoder_depth: int
+    encoder_num_heads: int
+    encoder_global_attn_indexes: tuple[int, ...]
+    img_size: int = 1024  # SAM resizes the longer image side to this
+    patch_size: int = 16
+    prompt_embed_dim: int = 256  # must be divisible by 8 (the decoder upscales by 4, then 8)
+    out_chans: int = 256
+    window_size: int = 14
+    mlp_dim: int = 2048  # two-way transformer MLP width in the mask decoder
+    decoder_num_heads: int = 8
+    mask_in_chans: int = 16
+    iou_head_hidden_dim: int = 256
+
+
+SAM_CONFIGS = {
+    "vit_b": SamConfig(768, 12, 12, (2, 5, 8, 11)),
+    "vit_l": SamConfig(1024, 24, 16, (5, 11, 17, 23)),
+    "vit_h": SamConfig(1280, 32, 16, (7, 15, 23, 31)),
+    "tiny": SamConfig(
+        encoder_embed_dim=16,
+        encoder_depth=2,
+        encoder_num_heads=2,
+        encoder_global_attn_indexes=(1,),
+        img_size=64,
+        prompt_embed_dim=16,
+        out_chans=16,
+        window_size=2,
+        mlp_dim=32,
+        decoder_num_heads=2,
+        mask_in_chans=4,
+        iou_head_hidden_dim=16,
+    ),
+}
