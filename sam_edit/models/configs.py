@@ -84,7 +84,7 @@ DDIM_SCHEDULER = dict(
     beta_schedule="scaled_linear",
     clip_sample=False,
     set_alpha_to_one=False,
-    steps_offset=1,
+    steps_offset=0,  # timesteps 980, 960, ..., 0 at 50 steps, as in the PnP Inversion code
     num_train_timesteps=1000,
 )
 

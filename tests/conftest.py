@@ -1,0 +1,59 @@
+"""Shared fixtures: offline hub, a private samedit cache with the tiny set, real photos."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # read when huggingface_hub is imported
+os.environ.setdefault("TYPER_USE_RICH", "0")
+os.environ.setdefault("COLUMNS", "120")
+
+from pathlib import Path
+
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+
+from sam_edit.images import load_image
+from sam_edit.runtime import CPU
+
+
+@pytest.fixture(scope="session")
+def cache_root(tmp_path_factory) -> Path:
+    """One samedit cache per test worker, so the tiny set is built once."""
+    return tmp_path_factory.mktemp("samedit-cache")
+
+
+@pytest.fixture(autouse=True)
+def samedit_env(cache_root, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("SAMEDIT_CACHE_DIR", str(cache_root))
+    monkeypatch.setenv("HF_HOME", str(cache_root / "hf-home"))  # an empty hub cache
+    monkeypatch.delenv("SAMEDIT_MODELS", raising=False)
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def chelsea_path(tmp_path_factory) -> Path:
+    """scikit-image's chelsea photo (CC0) as a 451x300 PNG."""
+    path = tmp_path_factory.mktemp("photos") / "cat.png"
+    Image.fromarray(skimage.data.chelsea()).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def coffee_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("photos") / "coffee.png"
+    Image.fromarray(skimage.data.coffee()).save(path)
+    return path
+
+
+@pytest.fixture
+def chelsea(chelsea_path):
+    return load_image(chelsea_path)
+
+
+@pytest.fixture
+def cpu():
+    return CPU
