@@ -1,0 +1,134 @@
+"""The tiny model set: every registry model at toy size with seeded random weights.
+
+Each tiny model is written into the samedit cache in the same layout as the real model's
+snapshot (diffusers subfolders, a SAM state-dict `.pth`, an IC-Light offsets file) and is
+then loaded through the same loaders. Its images are noise; it exists so that the whole tool
+runs offline in seconds and tests can check invariants.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import zlib
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+from safetensors.torch import save_file
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextConfig
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from sam_edit.models import configs
+from sam_edit.models.registry import MODELS, ModelSpec
+from sam_edit.models.vocab import write_clip_tokenizer
+
+logger = logging.getLogger(__name__)
+
+TINY_OFFSET_SCALE = 0.01  # IC-Light offsets are small next to the base weights
+
+
+def seed_for(name: str, part: str) -> int:
+    """Fixed seed per model and component, so the tiny set is the same on every machine."""
+    return zlib.crc32(f"{name}/{part}".encode())
+
+
+def tiny_text_config() -> CLIPTextConfig:
+    return CLIPTextConfig(**configs.TINY_TEXT_ENCODER)
+
+
+def build_tiny_unet(name: str, in_channels: int) -> UNet2DConditionModel:
+    torch.manual_seed(seed_for(name, "unet"))
+    return UNet2DConditionModel(**{**configs.TINY_UNET, "in_channels": in_channels})
+
+
+def write_tiny_sd(spec: ModelSpec, folder: Path) -> None:
+    """Write a diffusers-layout SD folder: unet, vae, text_encoder, tokenizer."""
+    build_tiny_unet(spec.name, int(spec.variant)).save_pretrained(folder / "unet")
+    torch.manual_seed(seed_for(spec.name, "vae"))
+    AutoencoderKL(**configs.TINY_VAE).save_pretrained(folder / "vae")
+    torch.manual_seed(seed_for(spec.name, "text_encoder"))
+    CLIPTextModel(tiny_text_config()).save_pretrained(folder / "text_encoder")
+    write_clip_tokenizer(folder / "tokenizer")
+
+
+def write_tiny_controlnet(spec: ModelSpec, folder: Path) -> None:
+    torch.manual_seed(seed_for(spec.name, "controlnet"))
+    ControlNetModel(**configs.TINY_CONTROLNET).save_pretrained(folder)
+
+
+def write_tiny_iclight(spec: ModelSpec, folder: Path) -> None:
+    """Write offsets for every weight of the tiny base UNet with `conv_in` widened to 8 channels."""
+    from sam_edit.models.loaders import widen_conv_in  # the same widening the loader applies
+
+    unet = build_tiny_unet("iclight-base", 4)
+    widen_conv_in(unet, int(spec.variant))
+    generator = torch.Generator().manual_seed(seed_for(spec.name, "offsets"))
+    offsets = {
+        key: torch.randn(value.shape, generator=generator) * TINY_OFFSET_SCALE
+        for key, value in unet.state_dict().items()
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(offsets, folder / spec.filename)
+
+
+def write_tiny_clip(spec: ModelSpec, folder: Path) -> None:
+    """Write a CLIPModel and CLIPProcessor folder with the real CLIP vocabulary."""
+    torch.manual_seed(seed_for(spec.name, "clip"))
+    config = CLIPConfig(
+        text_config=configs.TINY_TEXT_ENCODER,
+        vision_config=configs.TINY_CLIP_VISION,
+        projection_dim=configs.TINY_TEXT_DIM,
+    )
+    CLIPModel(config).save_pretrained(folder)
+    tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder / "tokenizer"))
+    side = configs.TINY_CLIP_VISION["image_size"]
+    image_processor = CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    shutil.rmtree(folder / "tokenizer")
+
+
+def write_tiny_sam(spec: ModelSpec, folder: Path) -> None:
+    from sam_edit.models.sam import build_sam, save_sam
+
+    torch.manual_seed(seed_for(spec.name, "sam"))
+    folder.mkdir(parents=True, exist_ok=True)
+    save_sam(build_sam(configs.SAM_CONFIGS["tiny"]), folder / spec.filename)
+
+
+WRITERS = {
+    "sd": write_tiny_sd,
+    "controlnet": write_tiny_controlnet,
+    "iclight": write_tiny_iclight,
+    "clip": write_tiny_clip,
+    "sam": write_tiny_sam,
+}
+
+
+def tiny_path(spec: ModelSpec, root: Path) -> Path:
+    """Return the tiny model's path under `root`, building it first if it is not there.
+
+    The model is built in a temporary folder and renamed into place, so concurrent test
+    workers never see a half-written model.
+    """
+    folder = root / "tiny" / spec.name
+    if not folder.is_dir():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", dir=folder.parent))
+        try:
+            WRITERS[spec.kind](spec, staging)
+            os.rename(staging, folder)
+            logger.info("built tiny model %s in %s", spec.name, folder)
+        except OSError:
+            if not folder.is_dir():
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder / spec.filename if spec.filename else folder
+
+
+def build_all(root: Path) -> list[Path]:
+    """Build every tiny model that has a writer; return their paths."""
+    return [tiny_path(spec, root) for spec in MODELS.values() if spec.kind in WRITERS]
