@@ -1,0 +1,1 @@
+complete --command samedit --no-files --arguments "(env _SAMEDIT_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) samedit)" --condition "env _SAMEDIT_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) samedit"

@@ -1,0 +1,3 @@
+from sam_edit.cli.app import main
+
+main()
