@@ -14,7 +14,7 @@ def test_every_hub_model_is_pinned():
             if spec.revision != "main":
                 assert len(spec.revision) == 40, spec.name
         else:
-            assert spec.url and spec.size and len(spec.sha256) == 64, spec.name
+            assert spec.url and len(spec.sha256) == 64, spec.name
 
 
 def test_sam_checkpoints_named_by_md5_prefix():
@@ -110,3 +110,17 @@ def test_tiny_sam_and_clip_load(cpu):
     clip, processor = loaders.load_clip("tiny", cpu)
     assert processor.tokenizer("a cat").input_ids == [49406, 320, 2368, 49407]
     assert clip.dtype == torch.float32
+
+
+def test_tiny_score_models_load(cpu):
+    from sam_edit.metrics import DEFAULT_METRICS
+
+    models = loaders.load_score_models("tiny", cpu, DEFAULT_METRICS)
+    assert models.dino is not None and models.lpips is not None and models.clip_score is not None
+    only_pixels = loaders.load_score_models("tiny", cpu, ("psnr_unedit_part",))
+    assert only_pixels.dino is None and only_pixels.lpips is None and only_pixels.clip_score is None
+
+
+def test_metric_models_offline_missing(cpu):
+    with pytest.raises(ModelNotCachedError, match="samedit models pull dino-vitb8"):
+        loaders.load_score_models("default", cpu, ("structure_distance",))

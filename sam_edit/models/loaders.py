@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import CLIPModel, CLIPProcessor, CLIPTextModel, CLIPTokenizer
 
 from sam_edit.errors import SameditError
-from sam_edit.models import configs, store, tiny
+from sam_edit.models import configs, metric_models, store, tiny
 from sam_edit.models.registry import ModelSpec, get_spec
 from sam_edit.runtime import Runtime
 
@@ -148,7 +148,8 @@ def load_clip(model_set: str, runtime: Runtime, name: str = "clip-l14") -> tuple
     """Load CLIP in fp32 (it ranks a few dozen crops; precision matters more than memory)."""
     folder = locate(name, model_set)
     model = CLIPModel.from_pretrained(folder)
-    processor = CLIPProcessor.from_pretrained(folder)
+    # The PIL backend resizes exactly as OpenAI's CLIP preprocessing does.
+    processor = CLIPProcessor.from_pretrained(folder, backend="pil")
     return place(model, runtime, torch.float32), processor
 
 
@@ -161,3 +162,18 @@ def load_sam_model(name: str, model_set: str, runtime: Runtime):
         raise SameditError(f"`--sam-model` must be a SAM model (sam-vit-b, sam-vit-l, sam-vit-h), got `{name}`")
     config = configs.SAM_CONFIGS["tiny" if model_set == "tiny" else spec.variant]
     return place(load_sam(config, locate(name, model_set)), runtime, torch.float32)
+
+
+def load_score_models(model_set: str, runtime: Runtime, metrics: tuple[str, ...]):
+    """Load only the metric models that `metrics` need (DINO, LPIPS, CLIP) for `metrics.score_pair`."""
+    from sam_edit.metrics import ScoreModels, metric_family
+
+    families = {metric_family(name) for name in metrics}
+    models = ScoreModels(device=runtime.device)
+    if "structure_distance" in families:
+        models.dino = metric_models.load_dino(locate("dino-vitb8", model_set), runtime.device)
+    if "lpips" in families:
+        models.lpips = metric_models.load_lpips(locate("lpips-squeeze", model_set), runtime.device)
+    if "clip" in families:
+        models.clip_score = metric_models.load_clip_score(locate("clip-l14", model_set), runtime.device)
+    return models

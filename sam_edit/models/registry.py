@@ -115,6 +115,19 @@ MODELS: dict[str, ModelSpec] = {
             sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
             variant="vit_h",
         ),
+        ModelSpec(
+            "dino-vitb8", "dino", "DINO ViT-B/8 (PIE-Bench structure distance)",
+            repo_id="facebook/dino-vitb8",
+            # NOTE: no published commit of this repo could be verified offline, so it follows `main`.
+            revision="main",
+            files=("config.json", "model.safetensors", "preprocessor_config.json"),
+        ),
+        ModelSpec(
+            "lpips-squeeze", "lpips", "SqueezeNet 1.1 ImageNet weights, the LPIPS backbone (PIE-Bench)",
+            url="https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth",
+            filename="squeezenet1_1-b8a52dc0.pth",
+            sha256="b8a52dc049b60e4b6ab68ad0df457362afab8b6304b2febdc1650a5dab4d7e7b",
+        ),
     )
 }
 

@@ -18,10 +18,9 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from safetensors.torch import save_file
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextConfig
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel
 
-from sam_edit.models import configs
+from sam_edit.models import configs, metric_models
 from sam_edit.models.registry import MODELS, ModelSpec
 from sam_edit.models.vocab import write_clip_tokenizer
 
@@ -76,18 +75,16 @@ def write_tiny_iclight(spec: ModelSpec, folder: Path) -> None:
 
 def write_tiny_clip(spec: ModelSpec, folder: Path) -> None:
     """Write a CLIPModel and CLIPProcessor folder with the real CLIP vocabulary."""
-    torch.manual_seed(seed_for(spec.name, "clip"))
-    config = CLIPConfig(
-        text_config=configs.TINY_TEXT_ENCODER,
-        vision_config=configs.TINY_CLIP_VISION,
-        projection_dim=configs.TINY_TEXT_DIM,
-    )
-    CLIPModel(config).save_pretrained(folder)
-    tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder / "tokenizer"))
-    side = configs.TINY_CLIP_VISION["image_size"]
-    image_processor = CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
-    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
-    shutil.rmtree(folder / "tokenizer")
+    metric_models.build_tiny_clip(folder, seed=seed_for(spec.name, "clip"))
+
+
+def write_tiny_dino(spec: ModelSpec, folder: Path) -> None:
+    metric_models.build_tiny_dino(folder, seed=seed_for(spec.name, "dino"))
+
+
+def write_tiny_squeezenet(spec: ModelSpec, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    metric_models.build_tiny_squeezenet(folder / spec.filename, seed=seed_for(spec.name, "lpips"))
 
 
 def write_tiny_sam(spec: ModelSpec, folder: Path) -> None:
@@ -104,6 +101,8 @@ WRITERS = {
     "iclight": write_tiny_iclight,
     "clip": write_tiny_clip,
     "sam": write_tiny_sam,
+    "dino": write_tiny_dino,
+    "lpips": write_tiny_squeezenet,
 }
 
 
