@@ -6,6 +6,7 @@ never share the GPU with the UNet.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 from dataclasses import dataclass, field
@@ -63,7 +64,7 @@ def segment(loaded: LoadedImage, context: Context) -> tuple[list[Segment], dict,
     del sam
     release(context.runtime)
     models = {"sam": loaders.model_id(context.sam_model, context.model_set)}
-    return segments, models, {"segment": config.__dict__ | {}}
+    return segments, models, {"segment": dataclasses.asdict(config)}
 
 
 def rank(loaded: LoadedImage, segments: list[Segment], phrase: str, context: Context,
@@ -244,3 +245,25 @@ def edit_settings(loaded: LoadedImage, request: EditRequest, prepared: Prepared,
         "models": prepared.model_ids,
         "edit_region": origin,
     }
+
+
+def run_edit(loaded: LoadedImage, request: EditRequest, context: Context, source: MaskSource = MaskSource(),
+             inversion: Path | None = None, control_scale: float = 1.0):
+    """The whole edit: find the mask if the method needs one, invert (or read the inversion), edit.
+
+    Returns (edited image at the input's size, settings to record in the PNG).
+    """
+    method = get_method(request.method)
+    weight = method.residual_weight if request.residual_weight is None else request.residual_weight
+    mask, origin, segments = None, {}, None
+    if method.needs_mask or weight != 0:
+        mask, origin = find_edit_mask(loaded, request, source, context)
+    if method.conditioning == "control":
+        segments = load_or_segment(loaded, MaskSource(masks=source.masks), context)
+    prepared = prepare(loaded, request, mask, context, segments, control_scale)
+    if inversion is not None:
+        trajectory = read_trajectory(inversion, loaded, prepared, request, mask)
+    else:
+        trajectory = invert(prepared, request, context.callback)
+    edited, _, weight = edit(loaded, request, prepared, trajectory, context.callback)
+    return edited, edit_settings(loaded, request, prepared, weight, origin)

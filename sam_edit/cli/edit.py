@@ -73,24 +73,11 @@ def edit(
         guidance_scale=guidance, residual_weight=residual_weight, cross_replace=cross_replace,
         self_replace=self_replace, blend_threshold=blend_threshold, seed=seed, max_side=max_side,
     )
-    method_spec = stages.get_method(method)
     loaded = load_image(image)
+    source = stages.MaskSource(mask=mask, rank=rank, masks=masks, rank_config=rank_config(select, pick))
     with common.progress_bars(common.show_progress(progress, quiet), steps) as callback:
         context = common.make_context(device, dtype, offload, models, sam_model, callback)
-        weight = method_spec.residual_weight if residual_weight is None else residual_weight
-        edit_mask, origin, segments = None, {}, None
-        if method_spec.needs_mask or weight != 0:
-            source = stages.MaskSource(mask=mask, rank=rank, masks=masks, rank_config=rank_config(select, pick))
-            edit_mask, origin = stages.find_edit_mask(loaded, request, source, context)
-        if method_spec.conditioning == "control":
-            segments = stages.load_or_segment(loaded, stages.MaskSource(masks=masks), context)
-        prepared = stages.prepare(loaded, request, edit_mask, context, segments)
-        if inversion is not None:
-            trajectory = stages.read_trajectory(inversion, loaded, prepared, request, edit_mask)
-        else:
-            trajectory = stages.invert(prepared, request, callback)
-        edited, _, weight = stages.edit(loaded, request, prepared, trajectory, callback)
-    settings = stages.edit_settings(loaded, request, prepared, weight, origin)
+        edited, settings = stages.run_edit(loaded, request, context, source, inversion)
     save_png(edited, output, settings)
     if json_output:
         common.stdout.print(json.dumps({"output": str(output), "settings": settings}))
