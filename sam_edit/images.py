@@ -149,13 +149,21 @@ def load_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
 
 
 def a1111_parameters(settings: dict) -> str:
-    """Format settings like AUTOMATIC1111's `parameters` chunk: prompt line, then `key: value` pairs."""
-    prompt = settings.get("target_prompt", "")
-    keys = ("method", "steps", "guidance_scale", "seed", "source_prompt", "residual_weight", "model")
-    pairs = [f"{key.replace('_', ' ').capitalize()}: {settings[key]}" for key in keys if key in settings]
+    """Format settings as AUTOMATIC1111's `parameters` chunk: the prompt, then `Key: value` pairs."""
     width, height = settings.get("size", (0, 0))
-    pairs.append(f"Size: {width}x{height}")
-    return prompt + "\n" + ", ".join(pairs)
+    pairs = {
+        "Steps": settings.get("num_steps"),
+        "Sampler": "DDIM",
+        "CFG scale": settings.get("guidance_scale"),
+        "Seed": settings.get("seed"),
+        "Size": f"{width}x{height}",
+        "Model": ", ".join(settings.get("models", {}).values()) or None,
+        "Method": settings.get("method"),
+        "Source prompt": settings.get("source_prompt"),
+        "Residual weight": settings.get("residual_weight"),
+    }
+    fields = ", ".join(f"{key}: {value}" for key, value in pairs.items() if value is not None)
+    return f"{settings.get('target_prompt', '')}\n{fields}"
 
 
 def save_png(image: Image.Image, path: Path, settings: dict) -> None:

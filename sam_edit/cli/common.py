@@ -42,9 +42,7 @@ ImageArg = Annotated[Path, typer.Argument(help="Input photo (any format Pillow r
 
 
 def setup_logging(verbose: bool, quiet: bool) -> None:
-    level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING
-    if verbose:
-        level = logging.INFO
+    level = logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING
     handler = RichHandler(console=stderr, show_time=False, show_path=False, markup=False)
     logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
     logging.getLogger("sam_edit").setLevel(level)
