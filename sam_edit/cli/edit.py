@@ -13,14 +13,40 @@ from sam_edit.cli import common
 from sam_edit.cli import edit_options as options
 from sam_edit.cli.rank import Pick, Select, rank_config
 from sam_edit.images import load_image, save_png
+from sam_edit.methods.registry import METHODS
 from sam_edit.methods.request import EditRequest
 from sam_edit.outputs import check_output
+
+# Options that only some methods read: EditRequest field -> flag.
+METHOD_FLAGS = {
+    "residual_weight": "--residual-weight",
+    "reweight": "--reweight",
+    "attention_mode": "--attention-mode",
+    "control_scale": "--control-scale",
+    "dilate": "--dilate",
+    "instruction": "--instruction",
+    "image_guidance_scale": "--image-guidance",
+}
 
 
 def default_output(image: Path, method: str) -> Path:
     return image.with_name(f"{image.stem}.{method}.png")
 
 
+def method_options(method: str, values: dict, inversion: Path | None) -> dict:
+    """Return the method options the user gave; reject those that `method` does not read."""
+    info = METHODS[method]
+    chosen = {field: value for field, value in values.items() if value is not None}
+    for field in chosen:
+        if field not in info.options:
+            users = [name for name, other in METHODS.items() if field in other.options]
+            raise typer.BadParameter(f"applies to {', '.join(users)}, not to {method}", param_hint=METHOD_FLAGS[field])
+    if inversion is not None and not info.inversion_based:
+        raise typer.BadParameter(f"method {method} starts from noise and takes no inversion", param_hint="--inversion")
+    return chosen
+
+
+# The help text is `edit.__doc__`, set at the end of this module with the registry's method list.
 @common.handle_errors
 def edit(
     image: common.ImageArg,
@@ -35,12 +61,18 @@ def edit(
     inversion: options.InversionFile = None,
     select: Select = "best",
     pick: Pick = None,
-    residual_weight: options.ResidualWeight = None,
-    steps: options.Steps = 50,
+    steps: options.EditSteps = None,
     guidance: options.Guidance = 7.5,
+    residual_weight: options.ResidualWeight = None,
     cross_replace: options.CrossReplace = 0.4,
     self_replace: options.SelfReplace = 0.6,
     blend_threshold: options.BlendThreshold = 0.3,
+    reweight: options.Reweight = None,
+    attention_mode: options.AttentionMode = None,
+    control_scale: options.ControlScale = None,
+    dilate: options.Dilate = None,
+    instruction: options.Instruction = None,
+    image_guidance: options.ImageGuidance = None,
     seed: common.Seed = 0,
     max_side: common.MaxSide = 512,
     device: common.Device = "auto",
@@ -54,28 +86,20 @@ def edit(
     quiet: common.Quiet = False,
     verbose: common.Verbose = False,
 ) -> None:
-    """Edit IMAGE: change what --from names into --to and keep everything else.
-
-    Without --masks, --rank or --mask, SAM segments the photo and CLIP picks the segment that
-    best matches --from. Without --inversion, the photo is inverted first.
-
-    Examples:
-
-        samedit edit photo.jpg --from fruit --to candy --method residual
-
-        samedit edit cat.png --from cat --to tiger --prompt "a cat on a sofa" --seed 1 -o tiger.png
-
-        samedit edit cat.png --from cat --to tiger --rank cat.rank.json --inversion cat.inv.safetensors
-    """
+    chosen_options = method_options(method, {
+        "residual_weight": residual_weight, "reweight": reweight, "attention_mode": attention_mode,
+        "control_scale": control_scale, "dilate": dilate, "instruction": instruction,
+        "image_guidance_scale": image_guidance,
+    }, inversion)
     output = check_output(output or default_output(image, method), overwrite, (image, masks, rank, mask, inversion))
     request = EditRequest(
         source_words=source_words, target_words=target_words, method=method, caption=prompt, num_steps=steps,
-        guidance_scale=guidance, residual_weight=residual_weight, cross_replace=cross_replace,
-        self_replace=self_replace, blend_threshold=blend_threshold, seed=seed, max_side=max_side,
+        guidance_scale=guidance, cross_replace=cross_replace, self_replace=self_replace,
+        blend_threshold=blend_threshold, seed=seed, max_side=max_side, **chosen_options,
     )
     loaded = load_image(image)
     source = stages.MaskSource(mask=mask, rank=rank, masks=masks, rank_config=rank_config(select, pick))
-    with common.progress_bars(common.show_progress(progress, quiet), steps) as callback:
+    with common.progress_bars(common.show_progress(progress, quiet), request.num_steps) as callback:
         context = common.make_context(device, dtype, offload, models, sam_model, callback)
         edited, settings = stages.run_edit(loaded, request, context, source, inversion)
     save_png(edited, output, settings)
@@ -83,3 +107,30 @@ def edit(
         common.stdout.print(json.dumps({"output": str(output), "settings": settings}))
     else:
         common.stdout.print(str(output))
+
+
+edit.__doc__ = f"""Edit IMAGE: change what --from names into --to and keep everything else.
+
+Methods (--method):
+
+{options.method_list()}
+
+Methods that need the edit region (everything, blended, iclight, iclight-pnp, residual) take it
+from --mask or --rank; without them SAM segments the photo and CLIP picks the segment that best
+matches --from (--select, --pick choose others). Inversion-based methods invert the photo first
+unless --inversion gives the file.
+
+Examples:
+
+    samedit edit photo.jpg --from fruit --to candy --method residual
+
+    samedit edit cat.png --from cat --to tiger --prompt "a cat on a sofa" --method pnp --reweight 2
+
+    samedit edit cat.png --from cat --to tiger --method everything --pick 3,7 --dilate 20
+
+    samedit edit cat.png --from cat --to tiger --method ip2p --instruction "make the cat a tiger"
+
+    samedit edit cat.png --from cat --to tiger --method blended --mask cat-mask.png --seed 1
+
+    samedit edit cat.png --from cat --to tiger --rank cat.rank.json --inversion cat.inv.safetensors
+"""

@@ -22,7 +22,7 @@ def invert(
     image: common.ImageArg,
     prompt: Annotated[str, typer.Option("--prompt", help="Caption of the source photo; use the one `edit` will get.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Inversion file to write (safetensors).")],
-    method: options.Method = "residual",
+    method: options.InversionMethod = "residual",
     phrase: Annotated[str | None, typer.Option("--from", help="Phrase naming the edit region, to find the mask when a method needs one.")] = None,
     masks: options.MasksFile = None,
     rank: options.RankFile = None,
@@ -52,7 +52,7 @@ def invert(
         samedit invert photo.jpg --prompt "a cat" --method residual --rank photo.rank.json -o photo.inv.safetensors
     """
     output = check_output(output, overwrite, (image,))
-    method_spec = stages.get_method(method)
+    method_spec = stages.get_inversion_method(method)
     request = EditRequest(source_words=phrase or prompt, target_words=phrase or prompt, method=method,
                           caption=prompt, num_steps=steps, max_side=max_side)
     loaded = load_image(image)

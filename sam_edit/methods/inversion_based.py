@@ -30,10 +30,9 @@ from sam_edit.models.loaders import DiffusionModels
 
 @dataclass(frozen=True)
 class InversionMethod:
-    """A row of the table in the module docstring."""
+    """A row of the table in the module docstring; `sam_edit.methods.registry` has its summary."""
 
     name: str
-    summary: str  # one line for `samedit edit --help`
     base: str  # "sd14", "sd15" or "iclight": which diffusion model loads
     conditioning: str  # "none", "foreground" (IC-Light) or "control" (ControlNet)
     direct_inversion: bool
@@ -48,12 +47,12 @@ class InversionMethod:
 METHODS = {
     method.name: method
     for method in (
-        InversionMethod("p2p", "DDIM inversion + Prompt-to-Prompt on SD 1.4", "sd14", "none", False),
-        InversionMethod("pnp", "p2p with Direct Inversion: the source branch follows the inversion", "sd14", "none", True),
-        InversionMethod("controlnet", "p2p on SD 1.5 guided by a segmentation ControlNet fed SAM's colour composite", "sd15", "control", False),
-        InversionMethod("iclight", "p2p on the IC-Light fc UNet conditioned on the foreground latent", "iclight", "foreground", False),
-        InversionMethod("iclight-pnp", "iclight with Direct Inversion", "iclight", "foreground", True),
-        InversionMethod("residual", "iclight-pnp plus residual correction w * r_t on the background", "iclight", "foreground", True, 1.0),
+        InversionMethod("p2p", "sd14", "none", False),
+        InversionMethod("pnp", "sd14", "none", True),
+        InversionMethod("controlnet", "sd15", "control", False),
+        InversionMethod("iclight", "iclight", "foreground", False),
+        InversionMethod("iclight-pnp", "iclight", "foreground", True),
+        InversionMethod("residual", "iclight", "foreground", True, 1.0),
     )
 }
 
@@ -119,6 +118,8 @@ def attention_controller(models: DiffusionModels, request: EditRequest) -> Promp
         cross_replace=request.cross_replace,
         self_replace=request.self_replace,
         blend_threshold=request.blend_threshold,
+        mode=request.attention_mode,
+        reweight=request.reweight,
     )
     return PromptToPrompt(
         models.tokenizer, request.source_prompt, request.target_prompt,
