@@ -10,6 +10,7 @@ run-length encoding, see `decode_rle`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -20,6 +21,7 @@ import numpy as np
 
 from sam_edit.errors import SameditError
 from sam_edit.images import load_image
+from sam_edit.methods.request import find_words, word_pattern
 from sam_edit.metrics import DEFAULT_METRICS, ScoreModels, check_metrics, score_pair
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,19 @@ MASK_SIZE = 512  # PIE-Bench masks are 512 x 512, like its images
 MAPPING_FILENAME = "mapping_file.json"
 IMAGES_FOLDER = "annotation_images"
 EDITING_TYPES = tuple(str(index) for index in range(10))
+# Editing types by `editing_type_id`, as PIE-Bench's type folders name them.
+EDITING_TYPE_NAMES = {
+    "0": "random",
+    "1": "change object",
+    "2": "add object",
+    "3": "delete object",
+    "4": "change content",
+    "5": "change pose",
+    "6": "change color",
+    "7": "change material",
+    "8": "change background",
+    "9": "change style",
+}
 EDITED_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # tried when the source's own suffix is absent
 _REQUIRED_KEYS = ("image_path", "original_prompt", "editing_prompt", "editing_type_id", "mask")
 
@@ -104,6 +119,9 @@ class PieBenchEntry:
     blend_words: tuple[str, str] | None  # (source word, target word) for local blend
     mask_rle: tuple[int, ...]  # the stored encoding; `mask` decodes it
     relative_path: str  # path under `annotation_images`, reused for the edited image
+    original_prompt: str = ""  # the source prompt as stored, with its [ ] markers
+    editing_prompt: str = ""  # the target prompt as stored, with its [ ] markers
+    blended_word: str = ""  # as stored: "<source words> <target words>", or ""
 
     @property
     def mask(self) -> np.ndarray:
@@ -169,6 +187,9 @@ def parse_entry(entry_id: str, item: object, images: Path, path: Path) -> PieBen
         blend_words=parse_blend_words(texts["blended_word"], entry_id),
         mask_rle=tuple(mask),
         relative_path=str(item["image_path"]),
+        original_prompt=texts["original_prompt"],
+        editing_prompt=texts["editing_prompt"],
+        blended_word=texts["blended_word"],
     )
 
 
@@ -220,6 +241,112 @@ def read_mapping(
             )
     logger.info("read %d PIE-Bench entries from %s", len(entries), path)
     return entries
+
+
+# From prompts to an edit request ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EditWords:
+    """One entry's prompts as samedit's `--prompt`, `--from` and `--to`.
+
+    `caption` with the first match of `source_words` replaced by `target_words` equals the
+    target prompt (both with single spaces), which is how `EditRequest.target_prompt` builds it.
+    """
+
+    caption: str  # the source prompt, brackets stripped, words joined by single spaces
+    source_words: str  # `--from`: consecutive words of the caption
+    target_words: str  # `--to`
+    region_phrase: str  # what CLIP ranks SAM segments with: the blended source words, else `--from`
+    rule: str  # "blended_word", or "prompt difference" when `blended_word` cannot be used as is
+
+    def record(self) -> dict[str, str]:
+        """Return the fields as a settings record, for the edited PNG."""
+        return dataclasses.asdict(self)
+
+
+def replace_first(text: str, words: str, replacement: str) -> str:
+    """Replace the first whole-word, case-insensitive match of `words`, as `EditRequest` does."""
+    return word_pattern(words).sub(lambda _: replacement, text, count=1)
+
+
+def split_blended_word(blended_word: str, caption: str, target_prompt: str) -> tuple[str, str] | None:
+    """Split `blended_word` into (source words, target words); None when it is empty or one word.
+
+    PnP Inversion's scripts take the first two words, which breaks multi-word subjects such as
+    "tennis ball golf ball". Here every split point is tried and the one nearest the middle
+    whose halves occur in the source and the target prompt wins, falling back to the first two
+    words.
+    """
+    words = blended_word.split()
+    if len(words) < 2:
+        return None
+    splits = sorted(range(1, len(words)), key=lambda index: abs(2 * index - len(words)))
+    for index in splits:
+        source, target = " ".join(words[:index]), " ".join(words[index:])
+        if find_words(caption, source) and find_words(target_prompt, target):
+            return source, target
+    return words[0], words[1]
+
+
+def find_phrase(words: list[str], phrase: str) -> tuple[int, int] | None:
+    """Return the word range `[start, end)` of the first case-insensitive match of `phrase`."""
+    wanted = [word.casefold() for word in phrase.split()]
+    folded = [word.casefold().strip(".,;:!?\"'") for word in words]
+    for start in range(len(words) - len(wanted) + 1):
+        if folded[start : start + len(wanted)] == wanted:
+            return start, start + len(wanted)
+    return None
+
+
+def edit_words(entry: PieBenchEntry) -> EditWords:
+    """Derive `--prompt`, `--from` and `--to` from an entry's prompts and `blended_word`.
+
+    When the blended source words, replaced by the blended target words in the source prompt,
+    give the target prompt, they are used as they are. Otherwise (a colour change blended as
+    "bicycle bicycle", an added object, a blend word missing from the prompt) `--from` and `--to`
+    are the words where the two prompts differ, which are the words the brackets mark. The span
+    grows to take in the blended source words when the prompt contains them, and by one
+    neighbouring word when either side is empty, so that local blend has a word to attend to.
+    Raises `SameditError` when the prompts are empty or identical.
+    """
+    source, target = entry.source_prompt.split(), entry.target_prompt.split()
+    caption, target_prompt = " ".join(source), " ".join(target)
+    if not source or not target:
+        raise SameditError(f"PIE-Bench {entry.id} has an empty source or target prompt")
+    if source == target:
+        raise SameditError(f"PIE-Bench {entry.id}: source and target prompts are identical ({caption!r})")
+    blend = split_blended_word(entry.blended_word, caption, target_prompt)
+    if blend is not None and find_words(caption, blend[0]):
+        if replace_first(caption, *blend) == target_prompt:
+            return EditWords(caption, blend[0], blend[1], blend[0], "blended_word")
+
+    # The prompts share `prefix` leading and `suffix` trailing words; the rest differs.
+    prefix = 0
+    while prefix < min(len(source), len(target)) and source[prefix] == target[prefix]:
+        prefix += 1
+    suffix = 0
+    while suffix < min(len(source), len(target)) - prefix and source[-1 - suffix] == target[-1 - suffix]:
+        suffix += 1
+    start, end = prefix, len(source) - suffix  # the span in the source; the target ends `suffix` earlier
+    region = find_phrase(source, blend[0]) if blend is not None else None
+    if region is not None:
+        start, end = min(start, region[0]), max(end, region[1])
+    if start == end or len(target) - (len(source) - end) == start:
+        if start > 0:
+            start -= 1
+        else:
+            end += 1
+    # Widen to the left until the first match of `--from` is the span itself.
+    while start > 0:
+        words = " ".join(source[start:end]), " ".join(target[start : len(target) - (len(source) - end)])
+        if replace_first(caption, *words) == target_prompt:
+            break
+        start -= 1
+    source_words = " ".join(source[start:end])
+    target_words = " ".join(target[start : len(target) - (len(source) - end)])
+    region_phrase = blend[0] if blend is not None else source_words
+    return EditWords(caption, source_words, target_words, region_phrase, "prompt difference")
 
 
 # Scoring a folder of edits -----------------------------------------------------------------

@@ -27,6 +27,7 @@ from sam_edit.metrics import (
     to_paper_scale,
 )
 from sam_edit.outputs import atomic_path
+from sam_edit.scoring import GROUND_TRUTH_NOTE
 
 ID_COLUMNS = ("id", "editing_type_id")
 MEAN_ROW_ID = "mean"
@@ -182,3 +183,126 @@ def plot_comparison(
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format=path.suffix.lstrip(".") or "png", dpi=120)
     return path
+
+
+# Results of several methods ----------------------------------------------------------------
+# `results` are `scoring.MethodScores`: a method's label, rows (one per image) and missing ids.
+
+
+def scale_note(metrics: Sequence[str]) -> str:
+    """Describe the paper-scale factors of `metrics`, e.g. "Structure ×10³, LPIPS ×10³"."""
+    parts = []
+    for name in metrics:
+        family = metric_family(name)
+        if PAPER_SCALE[name] != 1.0:
+            part = f"{_FAMILY_LABELS[family]} ×{_SUPERSCRIPTS[PAPER_SCALE[name]]}"
+            if part not in parts:
+                parts.append(part)
+    return ", ".join(parts)
+
+
+def _table_title(subject: str, metrics: Sequence[str]) -> str:
+    note = scale_note(metrics)
+    scale = f"; {note} as in the PnP Inversion paper" if note else ""
+    return f"{subject} (means over images, NaN skipped{scale})"
+
+
+def _footnote(results) -> str | None:
+    return GROUND_TRUTH_NOTE if any(result.ground_truth_mask for result in results) else None
+
+
+def _add_means_row(table: Table, labels: Sequence[str], rows, metrics: Sequence[str]) -> None:
+    scaled = to_paper_scale(mean_scores(rows, metrics))
+    values = (format_value(float(scaled[name])) for name in metrics)
+    table.add_row(*labels, str(len(rows)), *values)
+
+
+def results_table(results, metrics: Sequence[str], subject: str = "PIE-Bench") -> Table:
+    """Build a rich table with one row per method: label, image count and each metric's mean."""
+    table = Table(title=_table_title(subject, metrics), caption=_footnote(results))
+    table.add_column("method")
+    table.add_column("images", justify="right")
+    for name in metrics:
+        table.add_column(metric_label(name), justify="right")
+    for result in results:
+        _add_means_row(table, [result.label], result.rows, metrics)
+    return table
+
+
+def type_table(results, metrics: Sequence[str], type_names: Mapping[str, str]) -> Table:
+    """Build a rich table of means per editing type and method, types in `type_names` order."""
+    table = Table(title=_table_title("By editing type", metrics), caption=_footnote(results))
+    for header in ("type", "method"):
+        table.add_column(header)
+    table.add_column("images", justify="right")
+    for name in metrics:
+        table.add_column(metric_label(name), justify="right")
+    for type_id, type_name in type_names.items():
+        for result in results:
+            rows = [row for row in result.rows if row.get("editing_type_id") == type_id]
+            if rows:
+                _add_means_row(table, [f"{type_id} {type_name}", result.label], rows, metrics)
+    return table
+
+
+def image_table(result, metrics: Sequence[str]) -> Table:
+    """Build a rich table with one row per image of one method, then the means."""
+    table = Table(title=_table_title(result.label, metrics), caption=_footnote([result]))
+    table.add_column("image")
+    for name in metrics:
+        table.add_column(metric_label(name), justify="right")
+    for row in [*result.rows, {"id": MEAN_ROW_ID, **mean_scores(result.rows, metrics)}]:
+        scaled = to_paper_scale(row)
+        table.add_row(str(row["id"]), *(format_value(float(scaled[name])) for name in metrics))
+    return table
+
+
+def write_results_csv(target: Path | TextIO, results, metrics: Sequence[str], paper_scale: bool = False) -> None:
+    """Write one line per image and a `mean` line per method, with a leading `method` column.
+
+    Values are raw unless `paper_scale`; NaN is written `nan`. A path is written atomically.
+    """
+    if isinstance(target, (str, Path)):
+        with atomic_path(Path(target)) as temporary:
+            with open(temporary, "w", newline="", encoding="utf-8") as handle:
+                write_results_csv(handle, results, metrics, paper_scale)
+        return
+    writer = csv.writer(target)
+    writer.writerow(["method", *ID_COLUMNS, *metrics])
+    for result in results:
+        mean_row = {"id": MEAN_ROW_ID, "editing_type_id": "", **mean_scores(result.rows, metrics)}
+        for row in [*result.rows, mean_row]:
+            scaled = to_paper_scale(row) if paper_scale else row
+            values = [repr(float(scaled.get(name, math.nan))) for name in metrics]
+            writer.writerow([result.name, row.get("id", ""), row.get("editing_type_id", ""), *values])
+
+
+def results_json(results, metrics: Sequence[str], type_names: Mapping[str, str] | None = None) -> dict[str, object]:
+    """Build a JSON-ready record of raw scores: per method its images, means, counts and missing ids.
+
+    With `type_names`, each method also gets `mean_by_type` for the types it has images of.
+    """
+    methods = []
+    for result in results:
+        record = scores_json(result.rows, metrics)
+        del record["metrics"], record["paper_scale"], record["scale_factors"]
+        record = {
+            "name": result.name,
+            "folder": None if result.folder is None else str(result.folder),
+            "ground_truth_mask": result.ground_truth_mask,
+            "missing": list(result.missing),
+            **record,
+        }
+        if type_names is not None:
+            record["mean_by_type"] = {
+                type_id: {name: json_value(value) for name, value in mean_scores(rows, metrics).items()}
+                for type_id in type_names
+                if (rows := [row for row in result.rows if row.get("editing_type_id") == type_id])
+            }
+        methods.append(record)
+    return {
+        "metrics": list(metrics),
+        "paper_scale": False,
+        "scale_factors": {name: PAPER_SCALE[name] for name in metrics},
+        "methods": methods,
+    }
