@@ -84,6 +84,8 @@ def to_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:
 def load_image(path: Path) -> LoadedImage:
     """Read an image file as RGB, applying EXIF orientation; raise `ImageError` if unreadable."""
     path = Path(path)
+    if path.is_dir():
+        raise ImageError(f"image `{path}` is a folder; give an image file")
     if not path.is_file():
         raise ImageError(f"image `{path}` not found")
     try:

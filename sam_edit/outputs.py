@@ -24,10 +24,14 @@ def check_output(path: Path, overwrite: bool, inputs: tuple[Path, ...] = ()) -> 
             raise SameditError(f"output `{path}` is an input file; choose another output path")
     if path.is_dir():
         raise SameditError(f"output `{path}` is a folder; give a file path")
+    if path.exists() and not path.is_file():
+        raise SameditError(f"output `{path}` is not a regular file; give a file path")
     if path.exists() and not overwrite:
         raise SameditError(f"output `{path}` already exists; pass `--overwrite` to replace it")
     if not resolved.parent.is_dir():
         raise SameditError(f"folder `{path.parent}` for output `{path.name}` does not exist")
+    if not os.access(resolved.parent, os.W_OK):
+        raise SameditError(f"folder `{path.parent}` for output `{path.name}` is not writable")
     return resolved
 
 
@@ -38,8 +42,15 @@ def atomic_path(path: Path) -> Iterator[Path]:
     An interrupted or failed write leaves no partial file under the final name.
     """
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as error:
+        raise SameditError(f"cannot write output `{path}`: {error.strerror}") from error
     os.close(handle)
+    # mkstemp creates the file with mode 0600; outputs get the usual mode under the umask.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
     try:
         yield Path(temporary)
         os.replace(temporary, path)

@@ -114,7 +114,8 @@ def test_output_may_not_be_the_input(run, chelsea_path):
         (["--from", "", "--to", "tiger"], "`--from` must not be empty"),
         (["--from", "cat", "--to", "tiger", "--prompt", "a dog"], "must contain the `--from` words"),
         (["--from", "cat", "--to", "tiger", "--method", "magic"], "valid methods"),
-        (["--from", "cat", "--to", "tiger", "--steps", "0"], "`--steps` must be at least 1"),
+        (["--from", "cat", "--to", "tiger", "--steps", "0"], "`--steps` must be from 1 to 1000"),
+        (["--from", "cat", "--to", "tiger", "--steps", "1001"], "`--steps` must be from 1 to 1000"),
         (["--from", "cat", "--to", "tiger", "--max-side", "100"], "`--max-side` must be a multiple of 8"),
     ],
 )
@@ -122,6 +123,42 @@ def test_bad_edit_arguments(run, chelsea_path, tmp_path, args, message):
     result = run("edit", chelsea_path, *args, "-o", tmp_path / "x.png", "--models", "tiny")
     assert result.exit_code in (1, 2)
     assert message in result.stderr
+
+
+def test_output_to_special_file_rejected(run, chelsea_path, tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    result = run("edit", chelsea_path, "--from", "cat", "--to", "tiger", "-o", fifo, "--overwrite", *FAST)
+    assert result.exit_code == 1
+    assert "not a regular file" in one_line_error(result)
+    assert not fifo.is_file()
+
+
+def test_outputs_follow_umask(run, chelsea_path, tmp_path):
+    import os
+    import stat
+
+    masks = tmp_path / "cat.masks.json"
+    previous = os.umask(0o022)
+    try:
+        assert run("segment", chelsea_path, "-o", masks, "--models", "tiny").exit_code == 0
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(masks.stat().st_mode) == 0o644
+
+
+def test_output_must_be_png(run, chelsea_path, tmp_path):
+    result = run("edit", chelsea_path, "--from", "cat", "--to", "tiger", "-o", tmp_path / "out.jpg", *FAST)
+    assert result.exit_code == 1
+    assert "must end in .png" in one_line_error(result)
+
+
+def test_folder_as_image(run, tmp_path):
+    result = run("edit", tmp_path, "--from", "cat", "--to", "tiger", *FAST)
+    assert result.exit_code == 1
+    assert "is a folder" in one_line_error(result)
 
 
 def test_missing_image(run, tmp_path):

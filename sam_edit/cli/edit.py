@@ -12,6 +12,7 @@ from sam_edit import stages
 from sam_edit.cli import common
 from sam_edit.cli import edit_options as options
 from sam_edit.cli.rank import Pick, Select, rank_config
+from sam_edit.errors import SameditError
 from sam_edit.images import load_image, save_png
 from sam_edit.methods.registry import METHODS
 from sam_edit.methods.request import EditRequest
@@ -91,7 +92,10 @@ def edit(
         "control_scale": control_scale, "dilate": dilate, "instruction": instruction,
         "image_guidance_scale": image_guidance,
     }, inversion)
-    output = check_output(output or default_output(image, method), overwrite, (image, masks, rank, mask, inversion))
+    output = output or default_output(image, method)
+    if output.suffix.lower() != ".png":
+        raise SameditError(f"output `{output}` must end in .png: samedit writes PNG with the settings inside")
+    output = check_output(output, overwrite, (image, masks, rank, mask, inversion))
     request = EditRequest(
         source_words=source_words, target_words=target_words, method=method, caption=prompt, num_steps=steps,
         guidance_scale=guidance, cross_replace=cross_replace, self_replace=self_replace,

@@ -58,8 +58,11 @@ class EditRequest:
         info = get_method_info(self.method)
         if self.num_steps is None:
             object.__setattr__(self, "num_steps", info.num_steps)  # frozen: resolved once, here
-        if self.num_steps < 1:
-            raise SameditError(f"`--steps` must be at least 1, got {self.num_steps}")
+        if not 1 <= self.num_steps <= 1000:
+            # DDIM cannot take more steps than the 1,000 training timesteps.
+            raise SameditError(f"`--steps` must be from 1 to 1000, got {self.num_steps}")
+        if self.residual_weight is not None and not math.isfinite(self.residual_weight):
+            raise SameditError(f"`--residual-weight` must be a finite number, got {self.residual_weight}")
         for name in ("cross_replace", "self_replace", "blend_threshold"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
