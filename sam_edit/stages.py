@@ -20,13 +20,14 @@ from sam_edit.artifacts import Ranking
 from sam_edit.errors import SameditError, StageFileError
 from sam_edit.images import LoadedImage, image_to_tensor, load_mask, tensor_to_image, working_size
 from sam_edit.inversion import StepCallback, ddim_invert, decode_latents, encode_image, encode_prompts
-from sam_edit.methods import conditioning
-from sam_edit.methods.inversion_based import METHODS, InversionMethod, attention_controller, edit_loop
+from sam_edit.methods import blended, conditioning, everything, inversion_based, ip2p
+from sam_edit.methods.inversion_based import InversionMethod, attention_controller, edit_loop
+from sam_edit.methods.registry import MethodInfo, get_method_info
 from sam_edit.methods.request import EditRequest
 from sam_edit.models import loaders
 from sam_edit.models.registry import DEFAULT_SAM
 from sam_edit.rank import RankConfig, choose_segments, draw_preview, edit_mask, score_segments
-from sam_edit.runtime import Runtime
+from sam_edit.runtime import Runtime, sam_points_per_batch
 from sam_edit.segment import TINY_SEGMENT_CONFIG, Segment, SegmentConfig, colour_composite, generate_segments
 
 logger = logging.getLogger(__name__)
@@ -52,13 +53,28 @@ def release(runtime: Runtime) -> None:
 # Segment and rank ------------------------------------------------------------------------------
 
 
-def segment_config(context: Context) -> SegmentConfig:
-    return TINY_SEGMENT_CONFIG if context.model_set == "tiny" else SegmentConfig()
+def segment_config(context: Context, image_size: tuple[int, int] | None = None) -> SegmentConfig:
+    """SAM settings for the model set, with `points_per_batch` cut to the memory profile's budget.
+
+    `image_size` is the photo's (width, height); SAM's masks are that size.
+    """
+    if context.model_set == "tiny":
+        config = TINY_SEGMENT_CONFIG
+    elif context.model_set == "random-full":
+        # Random weights predict no meaningful IoU or stability, so both filters are off.
+        config = SegmentConfig(pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    else:
+        config = SegmentConfig()
+    profile = context.runtime.profile
+    if profile is None or image_size is None:
+        return config
+    fitted = sam_points_per_batch(profile.sam_batch_bytes, *image_size)
+    return dataclasses.replace(config, points_per_batch=min(config.points_per_batch, fitted))
 
 
 def segment(loaded: LoadedImage, context: Context) -> tuple[list[Segment], dict, dict]:
     """Run SAM's automatic mask generator; return (segments, model ids, settings)."""
-    config = segment_config(context)
+    config = segment_config(context, loaded.size)
     sam = loaders.load_sam_model(context.sam_model, context.model_set, context.runtime)
     segments = generate_segments(sam, np.asarray(loaded.image), config)
     del sam
@@ -159,9 +175,9 @@ def load_method_models(method: InversionMethod, context: Context) -> tuple[loade
 
 
 def prepare(loaded: LoadedImage, request: EditRequest, mask: np.ndarray | None, context: Context,
-            segments: list[Segment] | None = None, control_scale: float = 1.0) -> Prepared:
+            segments: list[Segment] | None = None) -> Prepared:
     """Load the method's models and build its UNet call for this image and mask."""
-    method = get_method(request.method)
+    method = get_inversion_method(request.method)
     models, ids = load_method_models(method, context)
     size = working_size(loaded.size, request.max_side)
     pixels = image_to_tensor(loaded.image, size).to(context.runtime.device, context.runtime.dtype)
@@ -171,16 +187,26 @@ def prepare(loaded: LoadedImage, request: EditRequest, mask: np.ndarray | None, 
     elif method.conditioning == "control":
         controlnet = loaders.load_controlnet(context.model_set, context.runtime)
         composite = image_to_tensor(colour_composite(segments), size).to(pixels) * 0.5 + 0.5  # [0, 1]
-        denoiser = conditioning.control_denoiser(models, controlnet, composite, control_scale)
+        denoiser = conditioning.control_denoiser(models, controlnet, composite, request.control_scale)
     else:
         denoiser = conditioning.plain_denoiser(models)
     return Prepared(method, models, size, pixels, pixel_mask, denoiser, ids)
 
 
-def get_method(name: str) -> InversionMethod:
-    if name not in METHODS:
-        raise SameditError(f"unknown method `{name}`; valid methods: {', '.join(METHODS)}")
-    return METHODS[name]
+def get_method(name: str) -> MethodInfo:
+    """Return the registry entry of method `name`; raise `SameditError` listing the valid names."""
+    return get_method_info(name)
+
+
+def get_inversion_method(name: str) -> InversionMethod:
+    """Return the inversion-based method `name`; raise `SameditError` for any other method."""
+    info = get_method_info(name)
+    if not info.inversion_based:
+        raise SameditError(
+            f"method `{name}` does not start from an inversion; `--inversion` and `samedit invert` "
+            f"work with {', '.join(inversion_based.METHODS)}"
+        )
+    return inversion_based.METHODS[name]
 
 
 def inversion_settings(prepared: Prepared, request: EditRequest, mask: np.ndarray | None) -> dict:
@@ -247,20 +273,52 @@ def edit_settings(loaded: LoadedImage, request: EditRequest, prepared: Prepared,
     }
 
 
+# Methods that do not start from an inversion: registry name -> edit(models, image, mask, request, callback).
+NOISE_METHODS = {"everything": everything.edit, "ip2p": ip2p.edit, "blended": blended.edit}
+
+
+def run_noise_edit(loaded: LoadedImage, request: EditRequest, context: Context, source: MaskSource = MaskSource()):
+    """Edit with a method that starts from noise (everything, ip2p, blended); see `run_edit`."""
+    info = get_method(request.method)
+    mask, origin = None, {}
+    if info.needs_mask:
+        mask, origin = find_edit_mask(loaded, request, source, context)
+    elif source.mask is not None or source.rank is not None or source.masks is not None:
+        logger.warning("method %s edits the whole image and ignores --mask, --rank and --masks", info.name)
+    models = loaders.load_diffusion(info.model, context.model_set, context.runtime)
+    edited, method_settings = NOISE_METHODS[info.name](models, loaded.image, mask, request, context.callback)
+    settings = request.settings() | method_settings | {
+        "samedit_version": __version__,
+        "image_sha256": loaded.sha256,
+        "size": list(loaded.size),
+        "models": {"unet": loaders.model_id(info.model, context.model_set)},
+        "edit_region": origin,
+    }
+    return edited, settings
+
+
 def run_edit(loaded: LoadedImage, request: EditRequest, context: Context, source: MaskSource = MaskSource(),
-             inversion: Path | None = None, control_scale: float = 1.0):
+             inversion: Path | None = None):
     """The whole edit: find the mask if the method needs one, invert (or read the inversion), edit.
 
-    Returns (edited image at the input's size, settings to record in the PNG).
+    Methods that start from noise (everything, ip2p, blended) take no inversion. Returns
+    (edited image at the input's size, settings to record in the PNG).
     """
-    method = get_method(request.method)
+    if not get_method(request.method).inversion_based:
+        if inversion is not None:
+            raise SameditError(
+                f"method `{request.method}` starts from noise and takes no `--inversion`; leave it out "
+                f"or use an inversion-based method: {', '.join(inversion_based.METHODS)}"
+            )
+        return run_noise_edit(loaded, request, context, source)
+    method = get_inversion_method(request.method)
     weight = method.residual_weight if request.residual_weight is None else request.residual_weight
     mask, origin, segments = None, {}, None
     if method.needs_mask or weight != 0:
         mask, origin = find_edit_mask(loaded, request, source, context)
     if method.conditioning == "control":
         segments = load_or_segment(loaded, MaskSource(masks=source.masks), context)
-    prepared = prepare(loaded, request, mask, context, segments, control_scale)
+    prepared = prepare(loaded, request, mask, context, segments)
     if inversion is not None:
         trajectory = read_trajectory(inversion, loaded, prepared, request, mask)
     else:

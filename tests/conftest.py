@@ -31,7 +31,7 @@ def samedit_env(cache_root, monkeypatch, tmp_path):
     monkeypatch.setenv("SAMEDIT_CACHE_DIR", str(cache_root))
     monkeypatch.setenv("HF_HOME", str(cache_root / "hf-home"))  # an empty hub cache
     monkeypatch.delenv("SAMEDIT_MODELS", raising=False)
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(1)  # pytest -n 2 runs one worker per core; more threads oversubscribe
 
 
 @pytest.fixture(scope="session")

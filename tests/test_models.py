@@ -124,3 +124,13 @@ def test_tiny_score_models_load(cpu):
 def test_metric_models_offline_missing(cpu):
     with pytest.raises(ModelNotCachedError, match="samedit models pull dino-vitb8"):
         loaders.load_score_models("default", cpu, ("structure_distance",))
+
+
+def test_tiny_controlnet_residuals_are_not_zero(cpu):
+    controlnet = loaders.load_controlnet("tiny", cpu)
+    down, mid = controlnet(
+        torch.randn(1, 4, 8, 8), 500, encoder_hidden_states=torch.randn(1, 77, 32),
+        controlnet_cond=torch.rand(1, 3, 64, 64), return_dict=False,
+    )
+    assert mid.abs().max() > 0
+    assert all(residual.abs().max() > 0 for residual in down)

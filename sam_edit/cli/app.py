@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from sam_edit import __version__
-from sam_edit.cli import doctor, edit, invert, models, rank, score, segment
+from sam_edit.cli import bench, doctor, edit, invert, models, rank, score, segment
 
 app = typer.Typer(
     name="samedit",
@@ -36,6 +36,7 @@ app.command()(rank.rank)
 app.command()(invert.invert)
 app.command()(edit.edit)
 app.command()(score.score)
+app.command()(bench.bench)
 app.add_typer(models.app, name="models")
 app.command()(doctor.doctor)
 

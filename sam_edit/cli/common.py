@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
+import diffusers.utils.logging
+import transformers.utils.logging
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
@@ -29,9 +31,9 @@ stdout = Console(soft_wrap=True, highlight=False)
 Device = Annotated[str, typer.Option("--device", help="Where models run: auto, cuda, mps or cpu.", rich_help_panel="Runtime")]
 Dtype = Annotated[str, typer.Option("--dtype", help="Weight precision: auto (fp16 on GPU, fp32 on CPU), fp16, bf16 or fp32.", rich_help_panel="Runtime")]
 Offload = Annotated[str, typer.Option("--offload", help="CPU offload on CUDA: auto, none, model or sequential.", rich_help_panel="Runtime")]
-Models = Annotated[str | None, typer.Option("--models", help="Model set: default (real weights) or tiny (random toy models for tests). Env: SAMEDIT_MODELS.", rich_help_panel="Runtime")]
+Models = Annotated[str | None, typer.Option("--models", help="Model set: default (real weights), tiny (random toy models for tests) or random-full (real sizes, random weights, for benchmarks only). Env: SAMEDIT_MODELS.", rich_help_panel="Runtime")]
 SamModel = Annotated[str, typer.Option("--sam-model", help="SAM checkpoint: sam-vit-b, sam-vit-l or sam-vit-h.", rich_help_panel="Runtime")]
-Seed = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same image on any device.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of the noise for methods that start from noise (everything, ip2p, blended); the same seed gives the same image on any device. Recorded in every output.")]
 ProgressMode = Annotated[str, typer.Option("--progress", help="Progress bars on stderr: auto (only on a terminal), always or never.", rich_help_panel="Output")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only results and errors.", rich_help_panel="Output")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log the chosen runtime and models; show tracebacks.", rich_help_panel="Output")]
@@ -48,7 +50,10 @@ def setup_logging(verbose: bool, quiet: bool) -> None:
     logging.getLogger("sam_edit").setLevel(level)
     for noisy in ("diffusers", "transformers", "huggingface_hub", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # Their loading bars would mix with ours on stderr; samedit draws one bar per loop.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def make_context(device: str, dtype: str, offload: str, models: str | None, sam_model: str = DEFAULT_SAM,

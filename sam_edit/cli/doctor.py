@@ -13,7 +13,7 @@ from sam_edit.cli import common
 from sam_edit.cli.models import status
 from sam_edit.models import loaders, store
 from sam_edit.models.registry import MODELS
-from sam_edit.runtime import resolve_runtime
+from sam_edit.runtime import GIB, Runtime, dtype_name, resolve_runtime, sam_points_per_batch
 
 PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "segment-anything", "torchmetrics",
             "huggingface_hub", "accelerate", "typer")
@@ -37,6 +37,23 @@ def device_report() -> dict:
     return report
 
 
+def profile_report(runtime: Runtime) -> dict:
+    """Return the memory profile the runtime picked, and why, as a JSON-ready dict."""
+    profile = runtime.profile
+    if profile is None:
+        return {}
+    return {
+        "dtype": dtype_name(profile.dtype),
+        "offload": profile.offload,
+        "vae_dtype": dtype_name(profile.vae_dtype),
+        "attention": profile.attention,
+        "sam_batch_gib": round(profile.sam_batch_bytes / GIB, 2),
+        "sam_points_per_batch_512px": sam_points_per_batch(profile.sam_batch_bytes, 512, 512),
+        "sam_points_per_batch_4000x3000": sam_points_per_batch(profile.sam_batch_bytes, 4000, 3000),
+        "reason": profile.reason,
+    }
+
+
 @common.handle_errors
 def doctor(
     device: common.Device = "auto",
@@ -47,7 +64,7 @@ def doctor(
     quiet: common.Quiet = False,
     verbose: common.Verbose = False,
 ) -> None:
-    """Print what samedit sees: Python, packages, devices, the runtime it would pick, the cache."""
+    """Print Python, package versions, devices, the memory profile samedit would pick and why, and the cache."""
     runtime = resolve_runtime(device, dtype, offload)
     model_set = loaders.model_set_from_env(models)
     report = {
@@ -57,6 +74,7 @@ def doctor(
         "packages": versions(),
         "devices": device_report(),
         "runtime": {"device": str(runtime.device), "dtype": runtime.dtype_name, "offload": runtime.offload, "reason": runtime.reason},
+        "profile": profile_report(runtime),
         "cache": str(store.cache_dir()),
         "offline": store.is_offline(),
         "models": {name: status(name, model_set)["state"] for name in MODELS},

@@ -78,6 +78,80 @@ TINY_CONTROLNET = dict(
     conditioning_embedding_out_channels=(4, 8, 8, 16),
 )
 
+# Real sizes, for `--models random-full`: the released architectures with random weights, so
+# benchmarks measure time, UNet evaluations and memory offline. Each dict sets the keys that
+# shape the tensors; the others keep diffusers' and transformers' defaults. The SD 1.x model card
+# gives an 860M-parameter UNet and a 123M-parameter text encoder; these configs build 859.5M and
+# 123.1M (tests/test_benchmarks.py pins every count).
+
+SD_TEXT_DIM = 768  # CLIP ViT-L/14 text width = SD 1.x cross-attention dim
+
+# SD 1.4 and 1.5 share this UNet. Inpainting (9 input channels), InstructPix2Pix (8) and
+# IC-Light fc (8) differ only in `in_channels`, which the loaders set from the registry.
+SD15_UNET = dict(
+    sample_size=64,  # 512 px / 8
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(320, 640, 1280, 1280),
+    layers_per_block=2,
+    norm_num_groups=32,
+    cross_attention_dim=SD_TEXT_DIM,
+    attention_head_dim=8,  # SD 1.x: 8 heads at every level (diffusers' historical name)
+)
+
+SD15_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    norm_num_groups=32,
+    latent_channels=4,
+    sample_size=512,
+    scaling_factor=0.18215,
+)
+
+SD15_TEXT_ENCODER = dict(
+    vocab_size=CLIP_VOCAB_SIZE,
+    hidden_size=SD_TEXT_DIM,
+    intermediate_size=3072,
+    num_attention_heads=12,
+    num_hidden_layers=12,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    bos_token_id=CLIP_BOS_ID,
+    eos_token_id=CLIP_EOS_ID,
+    pad_token_id=CLIP_EOS_ID,
+    projection_dim=SD_TEXT_DIM,
+)
+
+# CLIP ViT-L/14 (`openai/clip-vit-large-patch14`): the SD text encoder plus this vision tower.
+CLIP_L14_VISION = dict(
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_attention_heads=16,
+    num_hidden_layers=24,
+    image_size=224,
+    patch_size=14,
+    hidden_act="quick_gelu",
+    projection_dim=SD_TEXT_DIM,
+)
+
+# ControlNet 1.1 for SD 1.5 (`lllyasviel/control_v11p_sd15_seg`): a copy of the UNet's down path.
+SD15_CONTROLNET = dict(
+    in_channels=4,
+    down_block_types=SD15_UNET["down_block_types"],
+    block_out_channels=SD15_UNET["block_out_channels"],
+    layers_per_block=2,
+    norm_num_groups=32,
+    cross_attention_dim=SD_TEXT_DIM,
+    attention_head_dim=8,
+    conditioning_embedding_out_channels=(16, 32, 96, 256),
+)
+
 DDIM_SCHEDULER = dict(
     beta_start=0.00085,
     beta_end=0.012,

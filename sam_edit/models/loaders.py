@@ -13,13 +13,15 @@ from safetensors.torch import load_file
 from transformers import CLIPModel, CLIPProcessor, CLIPTextModel, CLIPTokenizer
 
 from sam_edit.errors import SameditError
-from sam_edit.models import configs, metric_models, store, tiny
+from sam_edit.models import configs, metric_models, offload, random_full, store, tiny
 from sam_edit.models.registry import ModelSpec, get_spec
 from sam_edit.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
-MODEL_SETS = ("default", "tiny")
+# default: real weights; tiny: toy models for tests; random-full: real sizes with random weights,
+# built in memory, for benchmarks only (`sam_edit.models.random_full`).
+MODEL_SETS = ("default", "tiny", "random-full")
 
 
 def model_set_from_env(requested: str | None = None) -> str:
@@ -35,14 +37,17 @@ def locate(name: str, model_set: str) -> Path:
     spec = get_spec(name)
     if model_set == "tiny":
         return tiny.tiny_path(spec, store.cache_dir())
+    if model_set == "random-full":
+        raise SameditError(f"`--models random-full` builds models in memory for benchmarks and has no file "
+                           f"for `{name}`; use `--models default` or `--models tiny`")
     return store.resolve(spec)
 
 
 def model_id(name: str, model_set: str) -> str:
     """Identity of a model as stage files record it: repo@revision, URL file name, or tiny/name."""
     spec = get_spec(name)
-    if model_set == "tiny":
-        return f"tiny/{name}"
+    if model_set in ("tiny", "random-full"):
+        return f"{model_set}/{name}"
     if spec.repo_id:
         return f"{spec.repo_id}@{spec.revision}" + (f"/{spec.filename}" if spec.filename else "")
     return f"{spec.filename}@sha256:{spec.sha256[:12]}"
@@ -70,14 +75,42 @@ def new_scheduler() -> DDIMScheduler:
     return DDIMScheduler(**configs.DDIM_SCHEDULER)
 
 
-def place(module: torch.nn.Module, runtime: Runtime, dtype: torch.dtype | None = None) -> torch.nn.Module:
-    """Move a model to the runtime's device and dtype, in eval mode with gradients off."""
+def place(module: torch.nn.Module, runtime: Runtime, dtype: torch.dtype | None = None,
+          unit: str | None = None) -> torch.nn.Module:
+    """Move a model to the runtime's device and dtype, in eval mode with gradients off.
+
+    With CPU offload, a model given an offload `unit` ("unet", "text_encoder", "vae") stays
+    on the CPU and moves to the GPU when it runs (`sam_edit.models.offload`). A model without
+    one (SAM, CLIP) goes to the GPU whole, because it runs in a stage of its own.
+    """
     module.requires_grad_(False).eval()
-    return module.to(runtime.device, dtype or runtime.dtype)
+    if runtime.offload == "none" or unit is None or runtime.device.type != "cuda":
+        return module.to(runtime.device, dtype or runtime.dtype)
+    module.to(dtype or runtime.dtype)  # never on the GPU before accelerate's sequential offload
+    return offload.attach(module, runtime.device, runtime.offload, unit)
+
+
+def place_diffusion(models: DiffusionModels, runtime: Runtime) -> None:
+    """Place the VAE (in the profile's VAE dtype), UNet and text encoder of `models`."""
+    place(models.vae, runtime, runtime.vae_dtype, unit="vae")
+    place(models.unet, runtime, unit="unet")
+    place(models.text_encoder, runtime, unit="text_encoder")
+    models.runtime = runtime
 
 
 def load_diffusion(name: str, model_set: str, runtime: Runtime) -> DiffusionModels:
     """Load VAE, UNet, text encoder and tokenizer of an SD 1.x model; the scheduler is DDIM."""
+    if model_set == "random-full":
+        unet, vae, text_encoder, tokenizer = random_full.build_diffusion(get_spec(name))
+    else:
+        unet, vae, text_encoder, tokenizer = read_diffusion(name, model_set)
+    models = DiffusionModels(name, vae, unet, text_encoder, tokenizer, new_scheduler(), runtime)
+    place_diffusion(models, runtime)
+    return models
+
+
+def read_diffusion(name: str, model_set: str):
+    """Read (unet, vae, text_encoder, tokenizer) of model `name` from its diffusers folder."""
     folder = locate(name, model_set)
     logger.info("loading %s from %s", name, folder)
     try:
@@ -88,15 +121,7 @@ def load_diffusion(name: str, model_set: str, runtime: Runtime) -> DiffusionMode
     except (OSError, ValueError) as error:
         raise SameditError(f"model `{name}` in `{folder}` is incomplete or corrupt ({error}); "
                            f"run `samedit models pull {name}` again") from error
-    return DiffusionModels(
-        name=name,
-        vae=place(vae, runtime),
-        unet=place(unet, runtime),
-        text_encoder=place(text_encoder, runtime),
-        tokenizer=tokenizer,
-        scheduler=new_scheduler(),
-        runtime=runtime,
-    )
+    return unet, vae, text_encoder, tokenizer
 
 
 def widen_conv_in(unet: UNet2DConditionModel, in_channels: int) -> None:
@@ -127,25 +152,29 @@ def merge_offsets(unet: UNet2DConditionModel, offsets: dict[str, torch.Tensor]) 
 def load_iclight(model_set: str, runtime: Runtime) -> DiffusionModels:
     """Load IC-Light fc: its SD 1.5 base with `conv_in` widened to 8 channels and offsets merged."""
     spec = get_spec("iclight-fc")
-    offsets = load_file(locate(spec.name, model_set))
     models = load_diffusion("iclight-base", model_set, Runtime(torch.device("cpu"), torch.float32, "none"))
     # The merge happens in fp32 on the CPU, as the IC-Light release does, before the cast.
     widen_conv_in(models.unet, int(spec.variant))
-    merge_offsets(models.unet, offsets)
-    for module in (models.vae, models.unet, models.text_encoder):
-        place(module, runtime)
-    models.runtime = runtime
+    if model_set != "random-full":  # random weights need no offsets
+        merge_offsets(models.unet, load_file(locate(spec.name, model_set)))
+    place_diffusion(models, runtime)
     models.name = "iclight"
     return models
 
 
 def load_controlnet(model_set: str, runtime: Runtime) -> ControlNetModel:
+    if model_set == "random-full":
+        return place(random_full.build_controlnet(), runtime, unit="unet")
     folder = locate("controlnet-seg", model_set)
-    return place(ControlNetModel.from_pretrained(folder), runtime)
+    # The ControlNet runs beside the UNet at every step, so it shares the UNet's offload unit.
+    return place(ControlNetModel.from_pretrained(folder), runtime, unit="unet")
 
 
 def load_clip(model_set: str, runtime: Runtime, name: str = "clip-l14") -> tuple[CLIPModel, CLIPProcessor]:
     """Load CLIP in fp32 (it ranks a few dozen crops; precision matters more than memory)."""
+    if model_set == "random-full":
+        model, processor = random_full.build_clip()
+        return place(model, runtime, torch.float32), processor
     folder = locate(name, model_set)
     model = CLIPModel.from_pretrained(folder)
     # The PIL backend resizes exactly as OpenAI's CLIP preprocessing does.
@@ -160,6 +189,8 @@ def load_sam_model(name: str, model_set: str, runtime: Runtime):
     spec: ModelSpec = get_spec(name)
     if spec.kind != "sam":
         raise SameditError(f"`--sam-model` must be a SAM model (sam-vit-b, sam-vit-l, sam-vit-h), got `{name}`")
+    if model_set == "random-full":
+        return place(random_full.build_sam(spec), runtime, torch.float32)
     config = configs.SAM_CONFIGS["tiny" if model_set == "tiny" else spec.variant]
     return place(load_sam(config, locate(name, model_set)), runtime, torch.float32)
 

@@ -54,8 +54,16 @@ def write_tiny_sd(spec: ModelSpec, folder: Path) -> None:
 
 
 def write_tiny_controlnet(spec: ModelSpec, folder: Path) -> None:
+    """Write a ControlNet whose output convolutions are random, so its residuals are not zero.
+
+    A freshly built ControlNet has zero "zero convolutions", which would make the tiny
+    ControlNet a no-op at every `--control-scale`.
+    """
     torch.manual_seed(seed_for(spec.name, "controlnet"))
-    ControlNetModel(**configs.TINY_CONTROLNET).save_pretrained(folder)
+    controlnet = ControlNetModel(**configs.TINY_CONTROLNET)
+    for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+        torch.nn.init.normal_(conv.weight, std=0.1)
+    controlnet.save_pretrained(folder)
 
 
 def write_tiny_iclight(spec: ModelSpec, folder: Path) -> None:
