@@ -7,8 +7,9 @@
 #   bash benchmarks/gpu_check.sh                               # random-full weights
 #   SAMEDIT_BENCH_MODELS=default bash benchmarks/gpu_check.sh  # cached real weights
 #
-# Each run has a time limit, so the whole check ends within 8 minutes; a run cut off by its
-# limit still leaves the rows it finished in $OUT. Needs the `accelerate` package (offload).
+# Each run has a time limit, so the whole check ends within 8 minutes. A run cut off by its
+# limit still leaves the rows it finished in $OUT; on a slow GPU, rerun with fewer --methods.
+# Needs the `accelerate` package (offload).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,11 +34,13 @@ status=0
 
 echo "== 8 GiB profile (plan for 7.5 GiB free, PyTorch capped at 7.5 GiB)"
 rm -f "$out/gpu-8gib.jsonl"
-timeout 290 python benchmarks/methods.py "${common[@]}" --plan-memory 7.5 --save "$out/gpu-8gib.jsonl" || status=1
+timeout 260 python benchmarks/methods.py "${common[@]}" --plan-memory 7.5 --save "$out/gpu-8gib.jsonl" || status=1
+timeout 50 python benchmarks/methods.py "${common[@]}" --plan-memory 7.5 --methods none --stages segment \
+    --sam-model sam-vit-h --save "$out/gpu-8gib.jsonl" || status=1
 
 echo "== every model on the GPU (no offload, VAE fp32)"
 rm -f "$out/gpu-resident.jsonl"
-timeout 170 python benchmarks/methods.py "${common[@]}" --offload none --stages none --inversion-file none \
+timeout 150 python benchmarks/methods.py "${common[@]}" --offload none --stages none --inversion-file none \
     --save "$out/gpu-resident.jsonl" || status=1
 
 exit $status

@@ -2,6 +2,7 @@
 
     python benchmarks/methods.py --models tiny --size 64 --steps 2 --json        # smoke test, CI
     python benchmarks/methods.py --models random-full --size 256 --steps 4       # CPU measurement
+    python benchmarks/methods.py --markdown rows.jsonl                            # table for the docs
 
 `--models random-full` builds the released architectures with random weights in memory, so
 the numbers are those of the real models without a download (their images are noise). The
@@ -272,10 +273,12 @@ def format_row(row: dict) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """The rows as a Markdown table, as docs/performance.md shows them."""
+    """Return the rows as a Markdown table, as docs/performance.md shows them."""
+    cuda = any("peak_vram_bytes" in row for row in rows)
+    memory = "peak VRAM (GiB)" if cuda else "peak RSS (GiB)"
     lines = [
         "| row | wall (s) | in models (s) | overhead share | UNet calls | UNet batch items | of them inversion "
-        "| peak RSS (GiB) | seconds per model |",
+        f"| {memory} | seconds per model |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for row in rows:
@@ -283,10 +286,11 @@ def markdown_table(rows: list[dict]) -> str:
             lines.append(f"| {row['row']} | {row.get('error') or row.get('skipped')} |||||||")
             continue
         by_model = ", ".join(f"{kind} {seconds:.1f}" for kind, seconds in row["model_seconds_by"].items())
+        peak = row["peak_vram_bytes"] if cuda else row["peak_rss_bytes"]
         lines.append(
             f"| {row['row']} | {row['wall_seconds']:.1f} | {row['model_seconds']:.1f} | {row['overhead_share']:.1%} "
             f"| {row['unet_calls']} | {row['unet_batch_items']} | {row['inversion_unet_batch_items']} "
-            f"| {row['peak_rss_bytes'] / 2**30:.2f} | {by_model} |"
+            f"| {peak / 2**30:.2f} | {by_model} |"
         )
     return "\n".join(lines)
 
@@ -297,6 +301,8 @@ TABLE_HEADER = (f"{'row':<28} {'wall s':>8} {'model s':>8} {'overhead':>8} {'cal
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+
+    # What runs
     parser.add_argument("--size", type=int, default=256, help="longer side of the photo and working size, pixels")
     parser.add_argument("--steps", type=int, default=4, help="DDIM steps of inversion and editing")
     parser.add_argument("--methods", default="all", help="comma-separated methods, or all")
@@ -307,9 +313,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--models", default="tiny", choices=("tiny", "random-full", "default"),
                         help="tiny (CI smoke test), random-full (real sizes, random weights) or default (cached weights)")
     parser.add_argument("--sam-model", default="sam-vit-b", help="SAM checkpoint of the segment row")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--offload", default="auto")
+
+    # Where and how it runs
+    parser.add_argument("--device", default="auto", help="as samedit's --device: auto, cuda, mps or cpu")
+    parser.add_argument("--dtype", default="auto", help="as samedit's --dtype: auto, fp16, bf16 or fp32")
+    parser.add_argument("--offload", default="auto", help="as samedit's --offload: auto, none, model or sequential")
     parser.add_argument("--plan-memory", type=float, default=None, metavar="GIB",
                         help="plan the memory profile for GIB free (and on CUDA, cap PyTorch at it)")
     parser.add_argument("--trace-memory", action="store_true",
@@ -317,9 +325,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads per row (torch.set_num_threads); default: 1 with tiny models, "
                              "whose operations are too small to split, else PyTorch's default")
+
+    # Output
     parser.add_argument("--json", action="store_true", help="print one JSON object per row")
     parser.add_argument("--save", type=Path, default=None, metavar="FILE", help="also append the JSON rows to FILE")
+    parser.add_argument("--markdown", type=Path, nargs="+", metavar="FILE",
+                        help="print the JSON rows saved in FILE as a Markdown table, and run nothing")
     args = parser.parse_args(argv)
+
     args.methods = method_names() if args.methods == "all" else split(args.methods)
     args.stages = split(args.stages)
     if args.threads is None and args.models == "tiny":
@@ -327,9 +340,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.inversion_file == "auto":
         args.inversion_file = "residual" if "residual" in args.methods else "none"
     args.inversion_file = split(args.inversion_file)
-    unknown = set(args.methods + args.inversion_file) - set(method_names())
-    if unknown or set(args.stages) - set(STAGES):
-        parser.error(f"unknown method or stage: {', '.join(sorted(unknown | (set(args.stages) - set(STAGES))))}")
+    unknown = (set(args.methods + args.inversion_file) - set(method_names())) | (set(args.stages) - set(STAGES))
+    if unknown:
+        parser.error(f"unknown method or stage: {', '.join(sorted(unknown))}; methods: "
+                     f"{', '.join(method_names())}; stages: {', '.join(STAGES)}")
     return args
 
 
@@ -338,13 +352,12 @@ def split(value: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:
-        argv = sys.argv[1:]
-    if argv[:1] == ["--markdown"]:  # print saved rows as docs/performance.md shows them
-        rows = [json.loads(line) for path in argv[1:] for line in Path(path).read_text().splitlines() if line.startswith("{")]
+    args = parse_args(argv)
+    if args.markdown:
+        rows = [json.loads(line) for path in args.markdown for line in path.read_text().splitlines()
+                if line.startswith("{")]
         print(markdown_table(rows))
         return 0
-    args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if not args.json:
         print(f"{args.models} models, {args.size} px, {args.steps} steps", flush=True)

@@ -43,7 +43,8 @@ def test_tiny_run_has_every_method_and_stage(tiny_rows):
 
     assert set(tiny_rows) == {"segment", "rank", "residual+inversion-file", *METHODS}
     for name in ("segment", "rank", "p2p", "pnp", "iclight", "iclight-pnp", "residual", "residual+inversion-file"):
-        assert "error" not in tiny_rows[name] and "skipped" not in tiny_rows[name], tiny_rows[name]
+        assert "error" not in tiny_rows[name], tiny_rows[name]
+        assert "skipped" not in tiny_rows[name], tiny_rows[name]
 
 
 def test_direct_inversion_costs_no_evaluation(tiny_rows):
@@ -82,7 +83,8 @@ def test_rows_have_time_and_memory(tiny_rows):
         assert 0 < row["model_seconds"] <= row["wall_seconds"] + 0.002, row["row"]  # both rounded to ms
         assert 0 <= row["overhead_share"] <= 1
         assert row["peak_rss_bytes"] >= row["baseline_rss_bytes"] > 0
-        assert row["size"] == 64 and row["steps"] == 2
+        assert row["size"] == 64
+        assert row["steps"] == 2
     assert set(tiny_rows["p2p"]["model_seconds_by"]) == {"unet", "vae", "text_encoder"}
     assert set(tiny_rows["segment"]["model_seconds_by"]) == {"sam"}
     assert set(tiny_rows["rank"]["model_seconds_by"]) == {"clip"}
@@ -91,7 +93,7 @@ def test_rows_have_time_and_memory(tiny_rows):
 # Full-size configs -------------------------------------------------------------------------------
 
 # Parameter counts of the full-size configs. The SD 1.x model card gives 860M for the UNet and
-# 123M for the text encoder; the other counts are pinned so that a config change shows.
+# 123M for the text encoder. The other counts are pinned so that a config change shows.
 RELEASED_PARAMETERS = {
     "unet": 859_520_964,
     "vae": 83_653_863,
