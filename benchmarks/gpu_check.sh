@@ -8,7 +8,7 @@
 #   SAMEDIT_BENCH_MODELS=default bash benchmarks/gpu_check.sh  # cached real weights
 #
 # Each run has a time limit, so the whole check ends within 8 minutes. A run cut off by its
-# limit still leaves the rows it finished in $OUT; on a slow GPU, rerun with fewer --methods.
+# limit still leaves the rows it finished in $OUT. On a slow GPU, rerun with fewer --methods.
 # Needs the `accelerate` package (offload).
 set -uo pipefail
 cd "$(dirname "$0")/.."

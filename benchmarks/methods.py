@@ -314,7 +314,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="tiny (CI smoke test), random-full (real sizes, random weights) or default (cached weights)")
     parser.add_argument("--sam-model", default="sam-vit-b", help="SAM checkpoint of the segment row")
 
-    # Where and how it runs
+    # Device, precision and memory
     parser.add_argument("--device", default="auto", help="as samedit's --device: auto, cuda, mps or cpu")
     parser.add_argument("--dtype", default="auto", help="as samedit's --dtype: auto, fp16, bf16 or fp32")
     parser.add_argument("--offload", default="auto", help="as samedit's --offload: auto, none, model or sequential")
