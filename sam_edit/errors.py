@@ -1,4 +1,4 @@
-"""Errors that samedit raises for the user to fix; the CLI prints each as one line, exit 1."""
+"""Errors that samedit raises for the user to fix. The CLI prints each as one line and exits 1, or 2 for usage."""
 
 
 class SameditError(Exception):
@@ -19,3 +19,7 @@ class ImageError(SameditError):
 
 class SegmentationError(SameditError):
     """No segment was found, or none matches the requested phrase."""
+
+
+class UsageError(SameditError):
+    """A flag value or a combination of flags is invalid; the CLI exits 2, as for Typer's own usage errors."""

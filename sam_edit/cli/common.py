@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from sam_edit.errors import SameditError
+from sam_edit.errors import SameditError, UsageError
 from sam_edit.images import DEFAULT_MAX_SIDE
 from sam_edit.models.loaders import model_set_from_env
 from sam_edit.models.registry import DEFAULT_SAM
@@ -63,7 +63,7 @@ def make_context(device: str, dtype: str, offload: str, models: str | None, sam_
 
 
 def handle_errors(command: Callable) -> Callable:
-    """Turn `SameditError` into one line on stderr and exit code 1; `-v` adds the traceback."""
+    """Turn `SameditError` into one line on stderr and exit code 1 (2 for `UsageError`). `-v` adds the traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -75,7 +75,7 @@ def handle_errors(command: Callable) -> Callable:
             if verbose:
                 stderr.print_exception()
             stderr.print(f"Error: {error}", markup=False, highlight=False, soft_wrap=True)
-            raise typer.Exit(code=1) from None
+            raise typer.Exit(code=2 if isinstance(error, UsageError) else 1) from None
         except KeyboardInterrupt:
             stderr.print("Interrupted; no partial output was written.", markup=False)
             raise typer.Exit(code=130) from None
