@@ -6,7 +6,11 @@ class SameditError(Exception):
 
 
 class ModelNotCachedError(SameditError):
-    """A model is not in the local cache and downloads are off."""
+    """A model is not in the local cache and cannot be fetched: downloads are off or failed."""
+
+
+class ModelDownloadError(ModelNotCachedError):
+    """A model is not cached and downloading it failed."""
 
 
 class StageFileError(SameditError):

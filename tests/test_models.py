@@ -14,7 +14,8 @@ def test_every_hub_model_is_pinned():
             if spec.revision != "main":
                 assert len(spec.revision) == 40, spec.name
         else:
-            assert spec.url and len(spec.sha256) == 64, spec.name
+            assert spec.url, spec.name
+            assert len(spec.sha256) == 64, spec.name
 
 
 def test_sam_checkpoints_named_by_md5_prefix():
@@ -43,7 +44,7 @@ def test_cached_sam_file_resolves_without_network(cache_root):
     path = store.file_path(spec)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as handle:
-        handle.truncate(spec.size)  # a sparse file of the right size stands in for the checkpoint
+        handle.truncate(spec.size)  # a sparse file of the right size replaces the checkpoint
     try:
         assert store.resolve(spec) == path
     finally:
@@ -116,9 +117,13 @@ def test_tiny_score_models_load(cpu):
     from sam_edit.metrics import DEFAULT_METRICS
 
     models = loaders.load_score_models("tiny", cpu, DEFAULT_METRICS)
-    assert models.dino is not None and models.lpips is not None and models.clip_score is not None
+    assert models.dino is not None
+    assert models.lpips is not None
+    assert models.clip_score is not None
     only_pixels = loaders.load_score_models("tiny", cpu, ("psnr_unedit_part",))
-    assert only_pixels.dino is None and only_pixels.lpips is None and only_pixels.clip_score is None
+    assert only_pixels.dino is None
+    assert only_pixels.lpips is None
+    assert only_pixels.clip_score is None
 
 
 def test_metric_models_offline_missing(cpu):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from transformers import CLIPModel, CLIPProcessor, CLIPTextModel, CLIPTokenizer
 
 from sam_edit.errors import SameditError
 from sam_edit.models import configs, metric_models, offload, random_full, store, tiny
-from sam_edit.models.registry import ModelSpec, get_spec
+from sam_edit.models.registry import DEFAULT_SAM, ModelSpec, get_spec
 from sam_edit.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -22,6 +23,9 @@ logger = logging.getLogger(__name__)
 # default: real weights; tiny: toy models for tests; random-full: real sizes with random weights,
 # built in memory, for benchmarks only (`sam_edit.models.random_full`).
 MODEL_SETS = ("default", "tiny", "random-full")
+
+# Metric family (`sam_edit.metrics.metric_family`) -> the registry model that computes it.
+SCORE_MODELS = {"structure_distance": "dino-vitb8", "lpips": "lpips-squeeze", "clip": "clip-l14"}
 
 
 def model_set_from_env(requested: str | None = None) -> str:
@@ -41,6 +45,60 @@ def locate(name: str, model_set: str) -> Path:
         raise SameditError(f"`--models random-full` builds models in memory for benchmarks and has no file "
                            f"for `{name}`; use `--models default` or `--models tiny`")
     return store.resolve(spec)
+
+
+def require_models(names: Sequence[str], model_set: str) -> None:
+    """Check that every model in `names` is cached before a command loads any of them.
+
+    Offline, one `ModelNotCachedError` names every missing model and one pull command for all.
+    Online, the missing ones are downloaded now. Tiny models are built on first use, so for them
+    only the package that building needs is checked. Random-full models are built in memory.
+    """
+    specs = [get_spec(name) for name in dict.fromkeys(names)]
+    if model_set == "default":
+        store.require(specs)
+    elif model_set == "tiny":
+        tiny.check_buildable(specs, store.cache_dir())
+
+
+def required_models(method: str | None, *, segment: bool = False, rank: bool = False,
+                    sam_model: str = DEFAULT_SAM) -> list[str]:
+    """Return the registry names of the models a stage or an edit loads, in loading order.
+
+    `method` is an editing method, or None for the `segment` and `rank` stages alone. `segment`
+    is True when SAM runs, which happens when no masks file is given and the method either finds
+    its edit mask or needs segments (`controlnet`). `rank` is True when CLIP ranks segments,
+    which happens when the edit mask is found without `--mask` or a ranking file.
+    """
+    names = [sam_model] if segment else []
+    if rank:
+        names.append("clip-l14")
+    if method is not None:
+        names += method_models(method)
+    return names
+
+
+def method_models(method: str) -> list[str]:
+    """Return the registry names of the diffusion models (and ControlNet) that `method` loads."""
+    from sam_edit.methods import inversion_based  # imports this module, so not at the top
+    from sam_edit.methods.registry import get_method_info
+
+    info = get_method_info(method)
+    if not info.inversion_based:
+        return [info.model]
+    inversion_method = inversion_based.METHODS[method]
+    names = ["iclight-base", "iclight-fc"] if inversion_method.base == "iclight" else [inversion_method.base]
+    if inversion_method.conditioning == "control":
+        names.append("controlnet-seg")
+    return names
+
+
+def score_models(metrics: Sequence[str]) -> list[str]:
+    """Return the registry names of the models that computing `metrics` loads."""
+    from sam_edit.metrics import metric_family
+
+    families = {metric_family(name) for name in metrics}
+    return [name for family, name in SCORE_MODELS.items() if family in families]
 
 
 def model_id(name: str, model_set: str) -> str:
@@ -152,6 +210,7 @@ def merge_offsets(unet: UNet2DConditionModel, offsets: dict[str, torch.Tensor]) 
 def load_iclight(model_set: str, runtime: Runtime) -> DiffusionModels:
     """Load IC-Light fc: its SD 1.5 base with `conv_in` widened to 8 channels and offsets merged."""
     spec = get_spec("iclight-fc")
+    require_models(["iclight-base", "iclight-fc"], model_set)
     models = load_diffusion("iclight-base", model_set, Runtime(torch.device("cpu"), torch.float32, "none"))
     # The merge happens in fp32 on the CPU, as the IC-Light release does, before the cast.
     widen_conv_in(models.unet, int(spec.variant))
@@ -197,14 +256,15 @@ def load_sam_model(name: str, model_set: str, runtime: Runtime):
 
 def load_score_models(model_set: str, runtime: Runtime, metrics: tuple[str, ...]):
     """Load only the metric models that `metrics` need (DINO, LPIPS, CLIP) for `metrics.score_pair`."""
-    from sam_edit.metrics import ScoreModels, metric_family
+    from sam_edit.metrics import ScoreModels
 
-    families = {metric_family(name) for name in metrics}
+    names = score_models(metrics)
+    require_models(names, model_set)
     models = ScoreModels(device=runtime.device)
-    if "structure_distance" in families:
+    if "dino-vitb8" in names:
         models.dino = metric_models.load_dino(locate("dino-vitb8", model_set), runtime.device)
-    if "lpips" in families:
+    if "lpips-squeeze" in names:
         models.lpips = metric_models.load_lpips(locate("lpips-squeeze", model_set), runtime.device)
-    if "clip" in families:
+    if "clip-l14" in names:
         models.clip_score = metric_models.load_clip_score(locate("clip-l14", model_set), runtime.device)
     return models

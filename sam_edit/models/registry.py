@@ -1,4 +1,4 @@
-"""The models samedit knows: short names mapped to hub repos, files and pinned revisions."""
+"""Every model samedit can load: short names mapped to hub repos, files and pinned revisions."""
 
 from __future__ import annotations
 

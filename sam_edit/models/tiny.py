@@ -22,7 +22,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from sam_edit.models import configs, metric_models
 from sam_edit.models.registry import MODELS, ModelSpec
-from sam_edit.models.vocab import write_clip_tokenizer
+from sam_edit.models.vocab import clip_merges_path, write_clip_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -114,14 +114,27 @@ WRITERS = {
 }
 
 
+def check_buildable(specs: list[ModelSpec], root: Path) -> None:
+    """Raise `SameditError` if a model of `specs` is not built under `root` and cannot be.
+
+    Only the SD and CLIP writers read the CLIP merges file from `open_clip_torch`. Every build
+    checks for it anyway, because the set as a whole needs the package. A missing package then
+    stops the first build instead of one halfway through a command.
+    """
+    if any(not (root / "tiny" / spec.name).is_dir() for spec in specs):
+        clip_merges_path()
+
+
 def tiny_path(spec: ModelSpec, root: Path) -> Path:
     """Return the tiny model's path under `root`, building it first if it is not there.
 
-    The model is built in a temporary folder and renamed into place, so concurrent test
-    workers never see a half-written model.
+    Building needs the package `open_clip_torch`. Without it, `SameditError` is raised before
+    anything is built, for every kind of model. The model is built in a temporary folder and
+    renamed into place, so concurrent test workers never see a half-written model.
     """
     folder = root / "tiny" / spec.name
     if not folder.is_dir():
+        check_buildable([spec], root)
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", dir=folder.parent))
         try:

@@ -9,8 +9,8 @@ one token per merge, then the two special tokens (49,408 ids in all).
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
-from importlib import resources
 from pathlib import Path
 
 from sam_edit.errors import SameditError
@@ -18,6 +18,7 @@ from sam_edit.errors import SameditError
 NUM_MERGES = 49152 - 256 - 2  # merges used by CLIP's tokenizer (open_clip `SimpleTokenizer`)
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
+MERGES_FILE = "bpe_simple_vocab_16e6.txt.gz"  # inside the `open_clip` package
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -37,17 +38,31 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, (chr(code) for code in codes)))
 
 
+def clip_merges_path() -> Path:
+    """Return the CLIP merges file inside the installed `open_clip_torch` package.
+
+    The package is located without importing it. Raises `SameditError` naming the package when
+    it or the file is missing.
+    """
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise SameditError(
+            "the tiny model set needs the package `open_clip_torch` for the CLIP merges file, "
+            "and it is not installed; install it with `pip install open_clip_torch`"
+        )
+    path = Path(spec.submodule_search_locations[0]) / MERGES_FILE
+    if not path.is_file():
+        raise SameditError(
+            f"the tiny model set needs `{path}`, which the installed `open_clip_torch` lacks; "
+            "reinstall it with `pip install --force-reinstall open_clip_torch`"
+        )
+    return path
+
+
 def read_clip_merges() -> list[str]:
     """Read CLIP's BPE merges from the file shipped inside the `open_clip_torch` wheel."""
-    try:
-        source = resources.files("open_clip").joinpath("bpe_simple_vocab_16e6.txt.gz")
-        with resources.as_file(source) as path, gzip.open(path, "rt", encoding="utf-8") as handle:
-            lines = handle.read().split("\n")
-    except (ModuleNotFoundError, FileNotFoundError) as error:
-        raise SameditError(
-            "the tiny model set needs the CLIP merges file from `open_clip_torch`; "
-            "install it with `pip install open_clip_torch`"
-        ) from error
+    with gzip.open(clip_merges_path(), "rt", encoding="utf-8") as handle:
+        lines = handle.read().split("\n")
     # The first line is a version header, as in every BPE merges file.
     return lines[1 : NUM_MERGES + 1]
 
