@@ -1,8 +1,8 @@
 """Stage files: masks (segment), ranking (rank), inversion (invert).
 
-Every stage file records its format and version, the source image's SHA-256 and size, the
-model ids and the settings that made it. Reading a stage file for another image, size or
-model raises `StageFileError`; nothing is silently recomputed.
+Every stage file records its format and version, the SHA-256 of the source image's pixels
+and its size, the model ids and the settings that made it. Reading a stage file for another
+image, size or model raises `StageFileError`; nothing is silently recomputed.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,15 +27,26 @@ from sam_edit.segment import Segment, mask_to_rle, rle_to_mask
 
 logger = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 2
+# Versions `check_header` reads. Version 1 identified the image by the SHA-256 of its file's
+# bytes; version 2 by `LoadedImage.pixels_sha256`, so a re-encoded copy still matches.
+READABLE_VERSIONS = (1, 2)
 MASKS_FORMAT = "samedit.masks"
 RANKING_FORMAT = "samedit.ranking"
 INVERSION_FORMAT = "samedit.inversion"
 
+# Model role in a stage file -> (what the user calls it, the command that writes it, its flags).
+MODEL_ROLES = {
+    "sam": ("SAM model", "`samedit segment`", "--sam-model and --models"),
+    "clip": ("CLIP model", "`samedit rank`", "--models"),
+    "unet": ("diffusion model", "`samedit invert`", "--method and --models"),
+    "controlnet": ("ControlNet", "`samedit invert`", "--models"),
+}
+
 
 def image_record(loaded: LoadedImage) -> dict:
     width, height = loaded.size
-    return {"sha256": loaded.sha256, "width": width, "height": height}
+    return {"pixels_sha256": loaded.pixels_sha256, "width": width, "height": height}
 
 
 def header(format_name: str, loaded: LoadedImage, models: dict, settings: dict) -> dict:
@@ -51,25 +63,38 @@ def check_header(record: dict, format_name: str, loaded: LoadedImage, path: Path
     """Raise `StageFileError` unless `record` is a `format_name` file made for this image."""
     if record.get("format") != format_name:
         raise StageFileError(f"`{path}` is not a {format_name} file (format {record.get('format')!r})")
-    if record.get("version") != VERSION:
-        raise StageFileError(f"`{path}` has {format_name} version {record.get('version')}; this samedit reads version {VERSION}")
-    image = record.get("image", {})
-    if image.get("sha256") != loaded.sha256:
+    version = record.get("version")
+    if version not in READABLE_VERSIONS:
         raise StageFileError(
-            f"`{path}` was made for another image (sha256 {str(image.get('sha256'))[:12]}, "
-            f"this image {loaded.sha256[:12]}); rerun the stage on this image"
+            f"`{path}` has {format_name} version {version}; this samedit reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}: rerun the stage with this samedit"
         )
+    image = record.get("image", {})
+    width, height = loaded.size
     if (image.get("width"), image.get("height")) != loaded.size:
-        raise StageFileError(f"`{path}` was made for a {image.get('width')}x{image.get('height')} image, not {loaded.size[0]}x{loaded.size[1]}")
+        raise StageFileError(
+            f"`{path}` was made for another image, of {image.get('width')}x{image.get('height')} pixels, but "
+            f"this image is {width}x{height}; rerun the stage on this image"
+        )
+    if version == 1:
+        recorded, actual, compared = image.get("sha256"), loaded.sha256, "file bytes"
+    else:
+        recorded, actual, compared = image.get("pixels_sha256"), loaded.pixels_sha256, "pixels"
+    if recorded != actual:
+        raise StageFileError(
+            f"`{path}` was made for another image: the {compared} differ (SHA-256 {str(recorded)[:12]} in the "
+            f"file, {actual[:12]} for this image); rerun the stage on this image"
+        )
 
 
 def check_models(recorded: dict, expected: dict, path: Path) -> None:
     """Raise `StageFileError` when a model the caller uses differs from the one recorded."""
     for role, model in expected.items():
         if role in recorded and recorded[role] != model:
+            name, command, flags = MODEL_ROLES.get(role, (f"{role} model", "the stage that wrote it", "--models"))
             raise StageFileError(
-                f"`{path}` was made with {role} model `{recorded[role]}`, but this run uses `{model}`; "
-                "rerun that stage with the same models"
+                f"`{path}` was made with the {name} `{recorded[role]}`, but this run uses `{model}`; "
+                f"rerun {command} with this run's {flags}, or give this run the {flags} that made the file"
             )
 
 
@@ -208,6 +233,55 @@ def write_inversion(path: Path, loaded: LoadedImage, latents: torch.Tensor, time
     tensors = {"latents": latents.detach().float().cpu().contiguous(), "timesteps": timesteps.cpu().long()}
     with atomic_path(path) as temporary:
         save_file(tensors, temporary, metadata=metadata)
+
+
+# Inversion settings that must match for an edit to reuse an inversion file. `method` is
+# recorded for messages only: methods with the same UNet and conditioning share inversions.
+INVERSION_CHECKED = ("prompt", "num_steps", "working_size", "mask_sha256")
+
+
+def check_inversion(path: Path, record: dict, expected: dict, model_ids: dict,
+                    methods_by_unet: dict[tuple[str, str], list[str]]) -> None:
+    """Raise `StageFileError` naming the flag to change when an inversion file does not fit an edit.
+
+    `expected` holds the edit's inversion settings (`stages.inversion_settings`);
+    `methods_by_unet` maps (UNet, conditioning) to the methods that invert with them.
+    """
+    recorded = record.get("settings", {})
+    recorded_unet = (recorded.get("method_unet"), recorded.get("conditioning"))
+    if recorded_unet != (expected["method_unet"], expected["conditioning"]):
+        fitting = methods_by_unet.get(recorded_unet, [])
+        made_with = recorded.get("method") or " or ".join(fitting) or f"UNet {recorded_unet[0]}"
+        other_methods = f"edit with `--method` {' or '.join(fitting)}, or " if fitting else ""
+        raise StageFileError(
+            f"`{path}` is an inversion for `--method {made_with}`, whose UNet or conditioning differs from "
+            f"`--method {expected['method']}`; {other_methods}rerun `samedit invert --method {expected['method']}`"
+        )
+    check_models(record.get("models", {}), model_ids, path)
+    for key in INVERSION_CHECKED:
+        if recorded.get(key) != expected[key]:
+            raise StageFileError(inversion_mismatch(path, key, recorded.get(key), expected[key]))
+
+
+def inversion_mismatch(path: Path, key: str, recorded, expected) -> str:
+    """Return the message for an inversion setting `key` that differs from the edit's."""
+    if key == "prompt":
+        return (f"`{path}` inverts the source prompt {recorded!r}, but this edit's source prompt is {expected!r}; "
+                f"pass `--prompt {shlex.quote(str(recorded))}` or rerun `samedit invert --prompt {shlex.quote(expected)}`")
+    if key == "num_steps":
+        return (f"`{path}` has {recorded} inversion steps, but this edit uses `--steps {expected}`; "
+                f"pass `--steps {recorded}` or rerun `samedit invert --steps {expected}`")
+    if key == "working_size" and isinstance(recorded, list) and len(recorded) == 2:
+        # The longer working side equals --max-side (`images.working_size`).
+        return (f"`{path}` was made at `--max-side {max(recorded)}` (working size {recorded[0]}x{recorded[1]}), "
+                f"but this edit uses `--max-side {max(expected)}` (working size {expected[0]}x{expected[1]}); "
+                f"pass `--max-side {max(recorded)}` or rerun `samedit invert --max-side {max(expected)}`")
+    if key == "mask_sha256":
+        return (f"`{path}` was made with another edit mask, and IC-Light's foreground latent depends on it; "
+                "give this edit the `--mask` or `--rank` that `samedit invert` got, or rerun `samedit invert` "
+                "with this edit's `--mask` or `--rank`")
+    return (f"`{path}` records {key} {recorded!r}, but this edit needs {expected!r}; "
+            "rerun `samedit invert` with this edit's flags")
 
 
 def read_inversion(path: Path, loaded: LoadedImage) -> tuple[torch.Tensor, torch.Tensor, dict]:

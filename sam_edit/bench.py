@@ -16,6 +16,7 @@ temporary file is deleted before the edit is redone.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -103,7 +104,7 @@ class BenchConfig:
     use_gt_mask: bool = False  # edit with the PIE-Bench mask instead of SAM + CLIP
 
     def manifest_settings(self, context: stages.Context) -> dict[str, object]:
-        """The settings that must match for two runs to share an output folder."""
+        """Return the settings that must match for two runs to share an output folder."""
         return {
             "num_steps": self.num_steps,
             "max_side": self.max_side,
@@ -194,7 +195,26 @@ def mask_stem(out: Path, entry: PieBenchEntry) -> Path:
     return out / MASKS_FOLDER / Path(entry.relative_path).with_suffix("")
 
 
-# Edit masks --------------------------------------------------------------------------------
+# Stage files of the edit regions ------------------------------------------------------------
+
+
+@dataclass
+class EntryFiles:
+    """Stage files that the edits of one entry share, made once per run."""
+
+    gt_mask: Path | None = None  # PIE-Bench mask as a PNG, with --use-gt-mask
+    masks: Path | None = None  # SAM segments
+    rank: Path | None = None  # CLIP ranking of the segments against the region phrase
+    errors: dict[str, str] = field(default_factory=dict)  # file kind -> why it was not made
+
+    def need(self, kind: str) -> Path:
+        """Return the file of `kind`; raise `SameditError` with the reason it was not made."""
+        path = getattr(self, kind)
+        if path is None:
+            # A ranking is not made when SAM failed on the entry.
+            reasons = [self.errors[name] for name in (kind, "masks") if name in self.errors]
+            raise SameditError(reasons[0] if reasons else f"the {kind} file of this entry was not made")
+        return path
 
 
 def ground_truth_mask_png(out: Path, entry: PieBenchEntry, loaded: LoadedImage) -> Path:
@@ -212,34 +232,96 @@ def ground_truth_mask_png(out: Path, entry: PieBenchEntry, loaded: LoadedImage) 
     return path
 
 
-def sam_clip_ranking(out: Path, entry: PieBenchEntry, loaded: LoadedImage, phrase: str,
-                     context: stages.Context) -> tuple[Path, Path]:
-    """Segment with SAM and rank with CLIP against `phrase`, or reuse the files of an earlier run.
+def segment_entry(out: Path, context: stages.Context, entry: PieBenchEntry, loaded: LoadedImage) -> Path:
+    """Run SAM on the entry unless an earlier run's masks file fits; return the masks file's path.
 
-    Returns the paths of the masks file and of the ranking file, whose mask is the edit region.
+    New segments delete the entry's ranking file, whose segment ids they no longer match.
     """
     stem = mask_stem(out, entry)
-    masks_path, rank_path = stem.with_suffix(".masks.json"), stem.with_suffix(".rank.json")
+    path = stem.with_suffix(".masks.json")
     sam_id = {"sam": loaders.model_id(context.sam_model, context.model_set)}
-    clip_id = {"clip": loaders.model_id("clip-l14", context.model_set)}
     try:
-        ranking = artifacts.read_ranking(rank_path, loaded)
-        artifacts.check_models(ranking.record.get("models", {}), sam_id | clip_id, rank_path)
-        if ranking.phrase == phrase and masks_path.is_file():
-            return masks_path, rank_path
+        record = artifacts.read_json(path)
+        if isinstance(record, dict):
+            artifacts.check_header(record, artifacts.MASKS_FORMAT, loaded, path)
+            artifacts.check_models(record.get("models", {}), sam_id, path)
+            return path
     except StageFileError:
-        pass  # absent or made for other models: segment and rank again
-    stem.parent.mkdir(parents=True, exist_ok=True)
+        pass  # absent, or made for another image or SAM model: segment again
+    path.parent.mkdir(parents=True, exist_ok=True)
     segments, models, settings = stages.segment(loaded, context)
-    artifacts.write_masks(masks_path, loaded, segments, models, settings)
-    ranking, clip_models, settings = stages.rank(loaded, segments, phrase, context)
-    artifacts.write_ranking(rank_path, loaded, ranking, clip_models | models, settings)
-    return masks_path, rank_path
+    stem.with_suffix(".rank.json").unlink(missing_ok=True)
+    artifacts.write_masks(path, loaded, segments, models, settings)
+    return path
+
+
+def rank_entry(out: Path, context: stages.Context, entry: PieBenchEntry, loaded: LoadedImage) -> Path:
+    """Rank the entry's segments with CLIP against its region phrase, unless an earlier run did."""
+    stem = mask_stem(out, entry)
+    path = stem.with_suffix(".rank.json")
+    phrase = edit_words(entry).region_phrase
+    model_ids = {"sam": loaders.model_id(context.sam_model, context.model_set),
+                 "clip": loaders.model_id("clip-l14", context.model_set)}
+    try:
+        ranking = artifacts.read_ranking(path, loaded)
+        artifacts.check_models(ranking.record.get("models", {}), model_ids, path)
+        if ranking.phrase == phrase:
+            return path
+    except StageFileError:
+        pass  # absent, or made for other models: rank again
+    segments, record = artifacts.read_masks(stem.with_suffix(".masks.json"), loaded)
+    ranking, clip_ids, settings = stages.rank(loaded, segments, phrase, context)
+    artifacts.write_ranking(path, loaded, ranking, clip_ids | record.get("models", {}), settings)
+    return path
 
 
 def needs_edit_region(method: str) -> bool:
     """Return whether `method` needs an edit mask (methods that do not say are given one)."""
     return bool(getattr(stages.get_method(method), "needs_mask", True))
+
+
+def needs_segments(method: str) -> bool:
+    """Return whether `method` conditions on SAM's segments (the ControlNet's colour composite)."""
+    info = stages.get_method(method)
+    return info.inversion_based and stages.get_inversion_method(method).conditioning == "control"
+
+
+def make_entry_files(pending: Mapping[str, Sequence[PieBenchEntry]], out: Path, config: BenchConfig,
+                     context: stages.Context) -> dict[str, EntryFiles]:
+    """Make the stage files that the pending edits need: SAM on every entry first, then CLIP.
+
+    `pending` maps each method to the entries it still has to edit. `context.cache` must be
+    set, so that SAM and CLIP load once each; SAM is released before CLIP loads.
+    """
+    entries = {entry.id: entry for method_entries in pending.values() for entry in method_entries}
+    files = {entry_id: EntryFiles() for entry_id in entries}
+    region = {entry.id for method, items in pending.items() if needs_edit_region(method) for entry in items}
+    segmented = {entry.id for method, items in pending.items() if needs_segments(method) for entry in items}
+    ranked = set() if config.use_gt_mask else region
+    steps = (
+        ("gt_mask", region if config.use_gt_mask else set(), (), functools.partial(ground_truth_mask_png, out)),
+        ("masks", segmented | ranked, (("sam", context.sam_model),), functools.partial(segment_entry, out, context)),
+        ("rank", ranked, (("clip",),), functools.partial(rank_entry, out, context)),
+    )
+    for kind, entry_ids, model_keys, make in steps:
+        context.cache.retain(model_keys, context.runtime)
+        for entry_id in (entry_id for entry_id in entries if entry_id in entry_ids):  # in entry order
+            if kind == "rank" and files[entry_id].masks is None:
+                continue  # SAM failed; `EntryFiles.need` reports its error
+            make_entry_file(files[entry_id], kind, make, entries[entry_id])
+    return files
+
+
+def make_entry_file(files: EntryFiles, kind: str, make: Callable[[PieBenchEntry, LoadedImage], Path],
+                    entry: PieBenchEntry) -> None:
+    """Set `files.<kind>` to the file `make` writes; record a `SameditError` instead of raising it."""
+    try:
+        setattr(files, kind, make(entry, load_image(entry.image_path)))
+    except ModelNotCachedError:
+        raise
+    except SameditError as error:
+        logger.warning("%s of PIE-Bench %s failed: %s", kind, entry.id, error)
+        files.errors[kind] = str(error)
 
 
 # The run -----------------------------------------------------------------------------------
@@ -292,46 +374,47 @@ def build_request(entry: PieBenchEntry, words: EditWords, method: str, config: B
     return request
 
 
-class EntryEditor:
-    """Edits one entry with each method, computing its edit mask once, on first need."""
+def edit_source(files: EntryFiles, method: str, use_gt_mask: bool) -> tuple[stages.MaskSource, dict[str, object]]:
+    """Return where `method` takes the entry's edit region and segments from, and its bench record."""
+    if needs_edit_region(method) and use_gt_mask:
+        return stages.MaskSource(mask=files.need("gt_mask")), {"mask": "ground truth"}
+    if needs_edit_region(method):
+        source = stages.MaskSource(rank=files.need("rank"), masks=files.need("masks"))
+        return source, {"mask": "sam+clip"}
+    if needs_segments(method):
+        return stages.MaskSource(masks=files.need("masks")), {"mask": None}
+    return stages.MaskSource(), {"mask": None}
 
-    def __init__(self, entry: PieBenchEntry, out: Path, config: BenchConfig, context: stages.Context):
-        self.entry, self.out, self.config, self.context = entry, out, config, context
-        self.words = edit_words(entry)
-        self.loaded = load_image(entry.image_path)
-        self.source: stages.MaskSource | None = None
-        self.region_record: dict[str, object] = {"mask": None}
 
-    def mask_source(self) -> stages.MaskSource:
-        """Return the edit region: the ground-truth mask, or SAM segments ranked by CLIP (made once)."""
-        if self.source is None and self.config.use_gt_mask:
-            self.source = stages.MaskSource(mask=ground_truth_mask_png(self.out, self.entry, self.loaded))
-            self.region_record = {"mask": "ground truth"}
-        elif self.source is None:
-            masks_path, rank_path = sam_clip_ranking(self.out, self.entry, self.loaded,
-                                                     self.words.region_phrase, self.context)
-            self.source = stages.MaskSource(rank=rank_path, masks=masks_path)
-            self.region_record = {"mask": "sam+clip", "region_phrase": self.words.region_phrase}
-        return self.source
+def save_edit(entry: PieBenchEntry, method: str, path: Path, files: EntryFiles, config: BenchConfig,
+              context: stages.Context) -> None:
+    """Run `method` on the entry and save the edit with its settings and a `bench` record."""
+    words = edit_words(entry)
+    request = build_request(entry, words, method, config)
+    source, region_record = edit_source(files, method, config.use_gt_mask)
+    image, settings = stages.run_edit(load_image(entry.image_path), request, context, source)
+    settings["bench"] = {
+        "id": entry.id,
+        "editing_type_id": entry.editing_type_id,
+        "use_gt_mask": config.use_gt_mask,
+        "original_prompt": entry.original_prompt,
+        "editing_prompt": entry.editing_prompt,
+        "blended_word": entry.blended_word,
+        "edit_words": words.record(),
+        **region_record,
+    }
+    if region_record["mask"] == "sam+clip":
+        settings["bench"]["region_phrase"] = words.region_phrase
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_png(image, path, settings)
 
-    def edit(self, method: str, path: Path) -> None:
-        """Run `method` on the entry and save the edit with its settings and a `bench` record."""
-        request = build_request(self.entry, self.words, method, self.config)
-        uses_mask = needs_edit_region(method)
-        source = self.mask_source() if uses_mask else stages.MaskSource()
-        image, settings = stages.run_edit(self.loaded, request, self.context, source)
-        settings["bench"] = {
-            "id": self.entry.id,
-            "editing_type_id": self.entry.editing_type_id,
-            "use_gt_mask": self.config.use_gt_mask,
-            "original_prompt": self.entry.original_prompt,
-            "editing_prompt": self.entry.editing_prompt,
-            "blended_word": self.entry.blended_word,
-            "edit_words": self.words.record(),
-            **(self.region_record if uses_mask else {"mask": None}),
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_png(image, path, settings)
+
+def model_order(methods: Sequence[str]) -> list[str]:
+    """Order methods so that those on the same diffusion model run one after another."""
+    first_use: dict[tuple[str, ...], int] = {}
+    for method in methods:
+        first_use.setdefault(stages.method_model_keys(method)[0], len(first_use))
+    return sorted(methods, key=lambda method: first_use[stages.method_model_keys(method)[0]])
 
 
 def run_bench(
@@ -343,34 +426,59 @@ def run_bench(
 ) -> BenchSummary:
     """Edit each entry with each method, skipping finished edits; return the counts.
 
+    The run goes stage by stage, so each model loads once. SAM runs on every entry that needs
+    segments, CLIP on those that need a ranking, and then each method on its entries, with
+    methods on the same diffusion model one after another. A stage's models are released
+    before the next stage loads (`ModelCache.retain`), so SAM and CLIP never share the GPU
+    with a UNet.
+
     An edit that fails with a `SameditError` (no segment found, prompts that cannot form a
     request) is logged, counted and skipped, so one image does not stop a benchmark. A model
     that is not cached stops the run, because every later edit would fail the same way.
     """
     summary = BenchSummary()
+
+    def report(event: BenchEvent) -> None:
+        logger.info("%s %s: %s %s", event.method, event.entry.id, event.status, event.path)
+        summary.count(event)
+        if callback is not None:
+            callback(event)
+
+    pending: dict[str, list[PieBenchEntry]] = {method: [] for method in config.methods}
     for entry in entries:
-        editor = None
         for method in config.methods:
             path = edited_path(out, method, entry)
-            started = time.perf_counter()
             if is_finished(path):
-                event = BenchEvent(entry, method, "skipped", path)
+                report(BenchEvent(entry, method, "skipped", path))
             else:
-                remove_stale_parts(path)
-                try:
-                    editor = editor or EntryEditor(entry, out, config, context)
-                    editor.edit(method, path)
-                    event = BenchEvent(entry, method, "edited", path, time.perf_counter() - started)
-                except ModelNotCachedError:
-                    raise
-                except SameditError as error:
-                    logger.warning("%s %s failed: %s", method, entry.id, error)
-                    event = BenchEvent(entry, method, "failed", path, error=str(error))
-            logger.info("%s %s: %s %s", method, entry.id, event.status, path)
-            summary.count(event)
-            if callback is not None:
-                callback(event)
+                pending[method].append(entry)
+    if context.cache is None:
+        context = dataclasses.replace(context, cache=stages.ModelCache())
+    try:
+        files = make_entry_files(pending, out, config, context)
+        for method in model_order(config.methods):
+            context.cache.retain(stages.method_model_keys(method), context.runtime)
+            for entry in pending[method]:
+                report(edit_entry(entry, method, out, files[entry.id], config, context))
+    finally:
+        context.cache.retain((), context.runtime)
     return summary
+
+
+def edit_entry(entry: PieBenchEntry, method: str, out: Path, files: EntryFiles, config: BenchConfig,
+               context: stages.Context) -> BenchEvent:
+    """Edit one entry with one method; return the event, "failed" for a `SameditError`."""
+    path = edited_path(out, method, entry)
+    remove_stale_parts(path)
+    started = time.perf_counter()
+    try:
+        save_edit(entry, method, path, files, config, context)
+    except ModelNotCachedError:
+        raise
+    except SameditError as error:
+        logger.warning("%s %s failed: %s", method, entry.id, error)
+        return BenchEvent(entry, method, "failed", path, error=str(error))
+    return BenchEvent(entry, method, "edited", path, time.perf_counter() - started)
 
 
 # Several processes -------------------------------------------------------------------------

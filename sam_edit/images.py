@@ -15,6 +15,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -44,12 +45,30 @@ class LoadedImage:
         """Width and height in pixels."""
         return self.image.size
 
+    @cached_property
+    def pixels_sha256(self) -> str:
+        """SHA-256 of the size and the decoded RGB pixels: the image identity stage files record.
+
+        Re-encoding the file or stripping its metadata keeps this digest; any pixel change does not.
+        """
+        return hash_pixels(self.image)
+
 
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
+    return digest.hexdigest()
+
+
+def hash_pixels(image: Image.Image) -> str:
+    """Hash an RGB image's size and its pixels (row-major, 8 bits per channel)."""
+    if image.mode != "RGB":
+        raise ValueError(f"hash_pixels needs an RGB image, got mode {image.mode}")
+    width, height = image.size
+    digest = hashlib.sha256(f"RGB {width}x{height}\n".encode("ascii"))
+    digest.update(image.tobytes())
     return digest.hexdigest()
 
 

@@ -55,7 +55,7 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 @dataclass(frozen=True)
 class Runtime:
-    """Where and how models run for one samedit invocation."""
+    """Device, dtype, offload mode and memory profile of one samedit invocation."""
 
     device: torch.device
     dtype: torch.dtype  # weights and activations of the diffusion models

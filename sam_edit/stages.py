@@ -1,7 +1,8 @@
 """The stages as Python functions: segment, rank, invert, edit. The CLI is a thin layer on these.
 
 Each stage loads the models it needs and releases them before returning, so SAM and CLIP
-never share the GPU with the UNet.
+never share the GPU with the UNet. A `Context` with a `ModelCache` keeps a stage's models
+loaded for the next call instead; its owner (`samedit bench`) evicts them between stages.
 """
 
 from __future__ import annotations
@@ -9,15 +10,16 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from sam_edit import artifacts, __version__
+from sam_edit import __version__, alignment, artifacts
 from sam_edit.artifacts import Ranking
-from sam_edit.errors import SameditError, StageFileError
+from sam_edit.errors import SameditError, UsageError
 from sam_edit.images import LoadedImage, image_to_tensor, load_mask, tensor_to_image, working_size
 from sam_edit.inversion import StepCallback, ddim_invert, decode_latents, encode_image, encode_prompts
 from sam_edit.methods import blended, conditioning, everything, inversion_based, ip2p
@@ -33,14 +35,39 @@ from sam_edit.segment import TINY_SEGMENT_CONFIG, Segment, SegmentConfig, colour
 logger = logging.getLogger(__name__)
 
 
+class ModelCache:
+    """Loaded models by key, e.g. `("diffusion", "sd14")`, kept from one stage call to the next."""
+
+    def __init__(self) -> None:
+        self._models: dict[tuple[str, ...], object] = {}
+
+    def get(self, key: tuple[str, ...], load: Callable[[], object]) -> object:
+        """Return the model stored under `key`, calling `load` only the first time."""
+        if key not in self._models:
+            self._models[key] = load()
+        return self._models[key]
+
+    def retain(self, keys: Iterable[tuple[str, ...]], runtime: Runtime) -> None:
+        """Drop every model not under `keys` and free its memory before the next stage loads."""
+        retained = set(keys)
+        dropped = [key for key in self._models if key not in retained]
+        for key in dropped:
+            del self._models[key]
+        if dropped:
+            logger.debug("released %s", dropped)
+            release(runtime)
+
+
 @dataclass(frozen=True)
 class Context:
-    """Where models come from and run, shared by every stage of one invocation."""
+    """Runtime, model set and SAM model shared by every stage of one invocation."""
 
     runtime: Runtime
     model_set: str = "default"
     sam_model: str = DEFAULT_SAM
     callback: StepCallback | None = field(default=None, compare=False)
+    # None: each stage loads its models and releases them; a cache keeps them for the next call.
+    cache: ModelCache | None = field(default=None, compare=False)
 
 
 def release(runtime: Runtime) -> None:
@@ -48,6 +75,13 @@ def release(runtime: Runtime) -> None:
     gc.collect()
     if runtime.device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def load_model(context: Context, key: tuple[str, ...], load: Callable[[], object]):
+    """Call `load`, or return the model the context's cache keeps under `key`."""
+    if context.cache is None:
+        return load()
+    return context.cache.get(key, load)
 
 
 # Segment and rank ------------------------------------------------------------------------------
@@ -75,10 +109,12 @@ def segment_config(context: Context, image_size: tuple[int, int] | None = None) 
 def segment(loaded: LoadedImage, context: Context) -> tuple[list[Segment], dict, dict]:
     """Run SAM's automatic mask generator; return (segments, model ids, settings)."""
     config = segment_config(context, loaded.size)
-    sam = loaders.load_sam_model(context.sam_model, context.model_set, context.runtime)
+    sam = load_model(context, ("sam", context.sam_model),
+                     lambda: loaders.load_sam_model(context.sam_model, context.model_set, context.runtime))
     segments = generate_segments(sam, np.asarray(loaded.image), config)
     del sam
-    release(context.runtime)
+    if context.cache is None:  # a cache keeps SAM loaded, so collecting would free nothing
+        release(context.runtime)
     models = {"sam": loaders.model_id(context.sam_model, context.model_set)}
     return segments, models, {"segment": dataclasses.asdict(config)}
 
@@ -88,10 +124,11 @@ def rank(loaded: LoadedImage, segments: list[Segment], phrase: str, context: Con
     """Score every segment against `phrase` with CLIP and choose the edit region."""
     if not phrase.strip():
         raise SameditError("`--from` must not be empty")
-    clip, processor = loaders.load_clip(context.model_set, context.runtime)
+    clip, processor = load_model(context, ("clip",), lambda: loaders.load_clip(context.model_set, context.runtime))
     scores = score_segments(clip, processor, loaded.image, segments, phrase)
     del clip, processor
-    release(context.runtime)
+    if context.cache is None:
+        release(context.runtime)
     chosen = choose_segments(scores, segments, config)
     ranking = Ranking(
         phrase=phrase,
@@ -112,12 +149,22 @@ def preview(loaded: LoadedImage, segments: list[Segment], ranking: Ranking):
 
 @dataclass(frozen=True)
 class MaskSource:
-    """Where the edit region comes from; the first one given wins: mask, rank, masks, none."""
+    """Origin of the edit region: `--mask`, else `--rank`, else SAM segments ranked by CLIP.
+
+    The segments come from `--masks` when given, else SAM runs. Giving both `--mask` and
+    `--rank` raises `UsageError`.
+    """
 
     mask: Path | None = None  # --mask PNG, white = edit
     rank: Path | None = None  # ranking file from `samedit rank`
     masks: Path | None = None  # masks file from `samedit segment`
     rank_config: RankConfig = RankConfig()
+
+    def __post_init__(self) -> None:
+        if self.mask is not None and self.rank is not None:
+            raise UsageError(
+                f"`--mask {self.mask}` and `--rank {self.rank}` both give the edit region; pass only one of them"
+            )
 
 
 def find_edit_mask(loaded: LoadedImage, request: EditRequest, source: MaskSource,
@@ -133,6 +180,10 @@ def find_edit_mask(loaded: LoadedImage, request: EditRequest, source: MaskSource
         segments = load_or_segment(loaded, source, context)
         ranking, _, _ = rank(loaded, segments, request.source_words, context, source.rank_config)
         mask, origin = ranking.mask, {"segments": "sam+clip", "chosen": list(ranking.chosen)}
+        if source.masks is not None:
+            origin["masks"] = str(source.masks)
+        else:
+            origin["sam_model"] = context.sam_model
     if not mask.any():
         raise SameditError("the edit mask is empty; give a mask with white pixels via `--mask PNG`")
     return mask, origin
@@ -162,30 +213,72 @@ class Prepared:
     model_ids: dict
 
 
+def method_model_keys(name: str) -> tuple[tuple[str, ...], ...]:
+    """Return the `ModelCache` keys of the models that method `name` loads."""
+    info = get_method(name)
+    if not info.inversion_based:
+        return (("diffusion", info.model),)
+    method = inversion_based.METHODS[name]
+    keys = (("iclight",),) if method.base == "iclight" else (("diffusion", method.base),)
+    return keys + ((("controlnet",),) if method.conditioning == "control" else ())
+
+
 def load_method_models(method: InversionMethod, context: Context) -> tuple[loaders.DiffusionModels, dict]:
     if method.base == "iclight":
-        models = loaders.load_iclight(context.model_set, context.runtime)
+        models = load_model(context, ("iclight",), lambda: loaders.load_iclight(context.model_set, context.runtime))
         ids = {"unet": loaders.model_id("iclight-base", context.model_set) + " + " + loaders.model_id("iclight-fc", context.model_set)}
     else:
-        models = loaders.load_diffusion(method.base, context.model_set, context.runtime)
+        models = load_model(context, ("diffusion", method.base),
+                            lambda: loaders.load_diffusion(method.base, context.model_set, context.runtime))
         ids = {"unet": loaders.model_id(method.base, context.model_set)}
     if method.conditioning == "control":
         ids["controlnet"] = loaders.model_id("controlnet-seg", context.model_set)
     return models, ids
 
 
+def check_alignment(models: loaders.DiffusionModels, request: EditRequest) -> None:
+    """Check that Prompt-to-Prompt finds the request's words in its prompts; raise `SameditError` if not.
+
+    Stages call this before any UNet runs, so a word the edit cannot place stops the run before
+    the inversion. It builds the same controller as `edit`, after checking the `--from` and
+    `--to` words itself so that the message names the flag.
+    """
+    tokenizer = models.tokenizer
+    limit = tokenizer.model_max_length - 2  # word tokens between the start and end tokens
+    for flag, kind, prompt, words in (("--from", "source", request.source_prompt, request.source_words),
+                                      ("--to", "target", request.target_prompt, request.target_words)):
+        if alignment.word_token_indices(tokenizer, prompt, words, tokenizer.model_max_length):
+            continue
+        whole_length = len(tokenizer(prompt, add_special_tokens=False).input_ids) + 2
+        positions = alignment.word_token_indices(tokenizer, prompt, words, whole_length)
+        if positions:
+            raise SameditError(
+                f"`{flag}` {words!r} starts at token {positions[0]} of the {kind} prompt, beyond the {limit} "
+                f"tokens the CLIP text encoder reads; shorten `--prompt` so that {words!r} falls within them"
+            )
+        raise SameditError(
+            f"`{flag}` {words!r} matches no whole words of the {kind} prompt {prompt!r}; Prompt-to-Prompt "
+            f"matches space-separated words, ignoring case and punctuation at their ends"
+        )
+    attention_controller(models, request)
+
+
 def prepare(loaded: LoadedImage, request: EditRequest, mask: np.ndarray | None, context: Context,
             segments: list[Segment] | None = None) -> Prepared:
-    """Load the method's models and build its UNet call for this image and mask."""
+    """Load the method's models, check the prompt words and build the UNet call for this image and mask.
+
+    Raises `SameditError` before any UNet call when Prompt-to-Prompt cannot place the words.
+    """
     method = get_inversion_method(request.method)
     models, ids = load_method_models(method, context)
+    check_alignment(models, request)
     size = working_size(loaded.size, request.max_side)
     pixels = image_to_tensor(loaded.image, size).to(context.runtime.device, context.runtime.dtype)
     pixel_mask = None if mask is None else conditioning.mask_tensor(mask, size, context.runtime.device).to(pixels.dtype)
     if method.conditioning == "foreground":
         denoiser = conditioning.concat_denoiser(models, conditioning.foreground_latents(models, pixels, pixel_mask))
     elif method.conditioning == "control":
-        controlnet = loaders.load_controlnet(context.model_set, context.runtime)
+        controlnet = load_model(context, ("controlnet",), lambda: loaders.load_controlnet(context.model_set, context.runtime))
         composite = image_to_tensor(colour_composite(segments), size).to(pixels) * 0.5 + 0.5  # [0, 1]
         denoiser = conditioning.control_denoiser(models, controlnet, composite, request.control_scale)
     else:
@@ -210,8 +303,9 @@ def get_inversion_method(name: str) -> InversionMethod:
 
 
 def inversion_settings(prepared: Prepared, request: EditRequest, mask: np.ndarray | None) -> dict:
-    """Settings an inversion depends on; an inversion file is reused only if they all match."""
+    """Return the settings an inversion depends on, as its file records them."""
     return {
+        "method": request.method,
         "method_unet": prepared.method.base,
         "conditioning": prepared.method.conditioning,
         "prompt": request.source_prompt,
@@ -230,16 +324,13 @@ def invert(prepared: Prepared, request: EditRequest, callback: StepCallback | No
 
 def read_trajectory(path: Path, loaded: LoadedImage, prepared: Prepared, request: EditRequest,
                     mask: np.ndarray | None) -> torch.Tensor:
+    """Read an inversion file for this edit; raise `StageFileError` naming the flag that differs."""
     trajectory, _, record = artifacts.read_inversion(path, loaded)
-    artifacts.check_models(record.get("models", {}), prepared.model_ids, path)
+    methods_by_unet: dict[tuple[str, str], list[str]] = {}
+    for name, method in inversion_based.METHODS.items():
+        methods_by_unet.setdefault((method.base, method.conditioning), []).append(name)
     expected = inversion_settings(prepared, request, mask)
-    recorded = record.get("settings", {})
-    for key, value in expected.items():
-        if recorded.get(key) != value:
-            raise StageFileError(
-                f"`{path}` was made with {key}={recorded.get(key)!r}, but this edit needs {value!r}; "
-                "rerun `samedit invert` with the same settings"
-            )
+    artifacts.check_inversion(path, record, expected, prepared.model_ids, methods_by_unet)
     return trajectory.to(prepared.models.runtime.device, prepared.models.runtime.dtype)
 
 
@@ -261,11 +352,12 @@ def edit(loaded: LoadedImage, request: EditRequest, prepared: Prepared, trajecto
 
 
 def edit_settings(loaded: LoadedImage, request: EditRequest, prepared: Prepared, weight: float, origin: dict) -> dict:
-    """The settings an edited PNG records."""
+    """Return the settings an edited PNG records."""
     return request.settings() | {
         "samedit_version": __version__,
         "residual_weight": weight,
         "image_sha256": loaded.sha256,
+        "image_pixels_sha256": loaded.pixels_sha256,
         "size": list(loaded.size),
         "working_size": list(prepared.size),
         "models": prepared.model_ids,
@@ -285,11 +377,13 @@ def run_noise_edit(loaded: LoadedImage, request: EditRequest, context: Context, 
         mask, origin = find_edit_mask(loaded, request, source, context)
     elif source.mask is not None or source.rank is not None or source.masks is not None:
         logger.warning("method %s edits the whole image and ignores --mask, --rank and --masks", info.name)
-    models = loaders.load_diffusion(info.model, context.model_set, context.runtime)
+    models = load_model(context, ("diffusion", info.model),
+                        lambda: loaders.load_diffusion(info.model, context.model_set, context.runtime))
     edited, method_settings = NOISE_METHODS[info.name](models, loaded.image, mask, request, context.callback)
     settings = request.settings() | method_settings | {
         "samedit_version": __version__,
         "image_sha256": loaded.sha256,
+        "image_pixels_sha256": loaded.pixels_sha256,
         "size": list(loaded.size),
         "models": {"unet": loaders.model_id(info.model, context.model_set)},
         "edit_region": origin,
@@ -299,7 +393,7 @@ def run_noise_edit(loaded: LoadedImage, request: EditRequest, context: Context, 
 
 def run_edit(loaded: LoadedImage, request: EditRequest, context: Context, source: MaskSource = MaskSource(),
              inversion: Path | None = None):
-    """The whole edit: find the mask if the method needs one, invert (or read the inversion), edit.
+    """Run the whole edit: find the mask if the method needs one, invert (or read the inversion), edit.
 
     Methods that start from noise (everything, ip2p, blended) take no inversion. Returns
     (edited image at the input's size, settings to record in the PNG).

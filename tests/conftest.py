@@ -10,12 +10,14 @@ os.environ.setdefault("COLUMNS", "120")
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import skimage.data
 import torch
 from PIL import Image
 
 from sam_edit.images import load_image
+from sam_edit.methods.request import EditRequest
 from sam_edit.runtime import CPU
 
 
@@ -57,3 +59,39 @@ def chelsea(chelsea_path):
 @pytest.fixture
 def cpu():
     return CPU
+
+
+@pytest.fixture
+def context(cpu):
+    """Stage context on the CPU with the tiny model set."""
+    from sam_edit import stages  # imports diffusers and transformers: seconds, so only when used
+
+    return stages.Context(runtime=cpu, model_set="tiny")
+
+
+@pytest.fixture
+def cat_mask(chelsea):
+    """A box around the cat in chelsea: `[300, 451]` bool, True = edit."""
+    width, height = chelsea.size
+    mask = np.zeros((height, width), dtype=bool)
+    mask[60:240, 120:330] = True
+    return mask
+
+
+@pytest.fixture
+def cat_mask_path(cat_mask, tmp_path):
+    """`cat_mask` as a mask PNG (white = edit)."""
+    path = tmp_path / "cat-mask.png"
+    Image.fromarray(cat_mask.astype(np.uint8) * 255).save(path)
+    return path
+
+
+@pytest.fixture
+def make_request():
+    """Return a factory of fast edit requests (cat to tiger, 2 steps, 64 px); keywords override fields."""
+
+    def build(method, **overrides):
+        values = dict(source_words="cat", target_words="tiger", method=method, num_steps=2, max_side=64, seed=1)
+        return EditRequest(**(values | overrides))
+
+    return build

@@ -3,11 +3,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from sam_edit import artifacts
 from sam_edit.errors import StageFileError
-from sam_edit.images import load_image
+from sam_edit.images import hash_pixels, load_image
 from sam_edit.segment import Segment
 
 
@@ -33,11 +33,14 @@ def test_masks_round_trip(tmp_path, chelsea, segments):
     path = tmp_path / "cat.masks.json"
     artifacts.write_masks(path, chelsea, segments, {"sam": "tiny/sam-vit-b"}, {"points_per_side": 4})
     read, record = artifacts.read_masks(path, chelsea)
-    assert record["format"] == "samedit.masks" and record["version"] == 1
-    assert record["image"] == {"sha256": chelsea.sha256, "width": 451, "height": 300}
+    assert record["format"] == "samedit.masks"
+    assert record["version"] == 2
+    assert record["image"] == {"pixels_sha256": chelsea.pixels_sha256, "width": 451, "height": 300}
     for original, loaded in zip(segments, read):
         assert np.array_equal(original.mask, loaded.mask)
-        assert (original.id, original.bbox, original.area) == (loaded.id, loaded.bbox, loaded.area)
+        assert original.id == loaded.id
+        assert original.bbox == loaded.bbox
+        assert original.area == loaded.area
 
 
 def test_masks_for_another_image_rejected(tmp_path, chelsea, segments, other_image):
@@ -83,7 +86,9 @@ def test_ranking_round_trip_with_mask_png(tmp_path, chelsea, segments):
     path = tmp_path / "cat.rank.json"
     png = artifacts.write_ranking(path, chelsea, ranking, {"clip": "tiny/clip-l14"}, {"select": "best"})
     read = artifacts.read_ranking(path, chelsea)
-    assert read.chosen == (0,) and read.scores == {0: 21.5, 1: 18.25} and read.phrase == "cat"
+    assert read.chosen == (0,)
+    assert read.scores == {0: 21.5, 1: 18.25}
+    assert read.phrase == "cat"
     assert np.array_equal(read.mask, segments[0].mask)
     with Image.open(png) as image:
         assert image.size == (451, 300)
@@ -103,8 +108,10 @@ def test_inversion_round_trip_and_rejection(tmp_path, chelsea, other_image):
     path = tmp_path / "cat.inv.safetensors"
     artifacts.write_inversion(path, chelsea, latents, timesteps, {"unet": "tiny/sd14"}, {"num_steps": 4})
     read, read_timesteps, record = artifacts.read_inversion(path, chelsea)
-    assert torch.equal(read, latents) and torch.equal(read_timesteps, timesteps)
-    assert record["models"] == {"unet": "tiny/sd14"} and record["settings"] == {"num_steps": 4}
+    assert torch.equal(read, latents)
+    assert torch.equal(read_timesteps, timesteps)
+    assert record["models"] == {"unet": "tiny/sd14"}
+    assert record["settings"] == {"num_steps": 4}
     with pytest.raises(StageFileError, match="made for another image"):
         artifacts.read_inversion(path, other_image)
 
@@ -116,6 +123,56 @@ def test_corrupt_inversion_file(tmp_path, chelsea):
         artifacts.read_inversion(path, chelsea)
 
 
-def test_model_mismatch_rejected(tmp_path):
-    with pytest.raises(StageFileError, match="rerun that stage"):
+def test_model_mismatch_names_flags(tmp_path):
+    with pytest.raises(StageFileError, match="SAM model `tiny/sam-vit-b`") as raised:
         artifacts.check_models({"sam": "tiny/sam-vit-b"}, {"sam": "sam_vit_h"}, tmp_path / "m.json")
+    assert "`samedit segment`" in str(raised.value)
+    assert "--sam-model and --models" in str(raised.value)
+
+
+# Image identity: the decoded pixels and the size, not the file's bytes ------------------------
+
+
+def save_copy(path, pixels, **options):
+    Image.fromarray(pixels).save(path, format="PNG", **options)
+    return load_image(path)
+
+
+def test_reencoded_image_matches_stage_file(tmp_path, chelsea, segments):
+    path = tmp_path / "cat.masks.json"
+    artifacts.write_masks(path, chelsea, segments, {}, {})
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "re-saved by another program")
+    copy = save_copy(tmp_path / "copy.png", np.asarray(chelsea.image), compress_level=1, pnginfo=info)
+    assert copy.sha256 != chelsea.sha256  # other file bytes
+    read, _ = artifacts.read_masks(path, copy)
+    assert len(read) == len(segments)
+
+
+def test_changed_pixel_rejected(tmp_path, chelsea, segments):
+    path = tmp_path / "cat.masks.json"
+    artifacts.write_masks(path, chelsea, segments, {}, {})
+    pixels = np.array(chelsea.image)
+    pixels[150, 200, 1] ^= 1  # one channel of one pixel, off by one
+    with pytest.raises(StageFileError, match="the pixels differ"):
+        artifacts.read_masks(path, save_copy(tmp_path / "changed.png", pixels))
+
+
+def test_pixel_hash_covers_size():
+    row = Image.fromarray(np.arange(24, dtype=np.uint8).reshape(1, 8, 3))
+    column = Image.fromarray(np.arange(24, dtype=np.uint8).reshape(8, 1, 3))
+    assert row.tobytes() == column.tobytes()
+    assert hash_pixels(row) != hash_pixels(column)
+
+
+def test_version_1_file_checked_by_file_bytes(tmp_path, chelsea, segments):
+    path = tmp_path / "cat.masks.json"
+    artifacts.write_masks(path, chelsea, segments, {}, {})
+    record = json.loads(path.read_text())
+    record["version"] = 1
+    record["image"] = {"sha256": chelsea.sha256, "width": 451, "height": 300}
+    path.write_text(json.dumps(record))
+    assert len(artifacts.read_masks(path, chelsea)[0]) == len(segments)
+    copy = save_copy(tmp_path / "copy.png", np.asarray(chelsea.image), compress_level=1)
+    with pytest.raises(StageFileError, match="the file bytes differ"):
+        artifacts.read_masks(path, copy)

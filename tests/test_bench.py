@@ -18,6 +18,7 @@ from sam_edit import bench, stages
 from sam_edit.cli.app import app
 from sam_edit.errors import SameditError
 from sam_edit.images import read_png_settings
+from sam_edit.models import loaders
 from sam_edit.piebench import PieBenchEntry, edit_words, encode_rle, force_border, read_mapping
 from sam_edit.runtime import CPU
 from sam_edit.segment import Segment
@@ -299,14 +300,19 @@ def test_edit_words_identical_prompts_rejected():
 # Library: SAM + CLIP masks and failures ---------------------------------------------------------
 
 
+def halves_segments() -> list[Segment]:
+    """Two segments, the left and the right half of a PIE-Bench image."""
+    halves = np.zeros((2, SIZE, SIZE), dtype=bool)
+    halves[0, :, : SIZE // 2] = halves[1, :, SIZE // 2 :] = True
+    boxes = [(0, 0, SIZE // 2, SIZE), (SIZE // 2, 0, SIZE // 2, SIZE)]  # XYWH
+    return [Segment(index, halves[index], boxes[index], SIZE * SIZE // 2, 0.9, 0.9) for index in (0, 1)]
+
+
 def test_sam_clip_mask_ranked_with_blend_word(tmp_path, monkeypatch):
     """SAM is replaced by two fixed segments; CLIP (tiny) ranks them against the blend word once."""
     dataset = write_pie_bench(tmp_path / "PIE-Bench")
     entry = read_mapping(dataset)[1]
-    halves = np.zeros((2, SIZE, SIZE), dtype=bool)
-    halves[0, :, : SIZE // 2] = halves[1, :, SIZE // 2 :] = True
-    boxes = [(0, 0, SIZE // 2, SIZE), (SIZE // 2, 0, SIZE // 2, SIZE)]  # XYWH
-    segments = [Segment(index, halves[index], boxes[index], SIZE * SIZE // 2, 0.9, 0.9) for index in (0, 1)]
+    segments = halves_segments()
     calls = []
 
     def fake_segment(loaded, context):
@@ -317,15 +323,53 @@ def test_sam_clip_mask_ranked_with_blend_word(tmp_path, monkeypatch):
     config = bench.BenchConfig(("residual", "iclight-pnp"), num_steps=2, max_side=64)
     context = stages.Context(runtime=CPU, model_set="tiny")
     summary = bench.run_bench([entry], tmp_path / "runs", config, context)
-    assert (summary.edited, summary.failed) == (2, [])
+    assert summary.edited == 2
+    assert summary.failed == []
     assert len(calls) == 1  # the second method reuses the ranking
     ranking = json.loads((tmp_path / "runs" / "masks" / "1_change_object_80" / "1_artificial" / "3_indoor"
                           / "113000000000.rank.json").read_text())
     assert ranking["phrase"] == "cup"
     for method in config.methods:
         record = read_png_settings(bench.edited_path(tmp_path / "runs", method, entry))["bench"]
-        assert record["mask"] == "sam+clip" and record["region_phrase"] == "cup"
+        assert record["mask"] == "sam+clip"
+        assert record["region_phrase"] == "cup"
         assert record["use_gt_mask"] is False
+
+
+def test_bench_loads_each_model_once(tmp_path, monkeypatch):
+    """Three images, four methods: every model loads once, SAM runs once per image."""
+    dataset = write_pie_bench(tmp_path / "PIE-Bench")
+    loads, sam_runs = [], []
+
+    def counted(function, name):
+        def wrapper(*args, **kwargs):
+            loads.append(name if name != "load_diffusion" else f"load_diffusion {args[0]}")
+            return function(*args, **kwargs)
+        return wrapper
+
+    for name in ("load_diffusion", "load_iclight", "load_controlnet", "load_clip", "load_sam_model"):
+        monkeypatch.setattr(loaders, name, counted(getattr(loaders, name), name))
+
+    def fake_generate_segments(sam, image, config):
+        sam_runs.append(image.shape)
+        return halves_segments()
+
+    monkeypatch.setattr(stages, "generate_segments", fake_generate_segments)  # SAM's own run takes seconds
+    # p2p and pnp share SD 1.4 but are apart here; the run puts them one after the other.
+    config = bench.BenchConfig(("p2p", "residual", "pnp", "controlnet"), num_steps=2, max_side=64)
+    summary = bench.run_bench(read_mapping(dataset), tmp_path / "runs", config, stages.Context(runtime=CPU, model_set="tiny"))
+    assert summary.failed == []
+    assert summary.edited == 12
+    assert sorted(loads) == sorted([
+        "load_diffusion sd14", "load_iclight", "load_diffusion iclight-base", "load_diffusion sd15",
+        "load_controlnet", "load_clip", "load_sam_model",
+    ])
+    assert sam_runs == [(SIZE, SIZE, 3)] * 3
+
+
+def test_method_order_groups_shared_models():
+    order = bench.model_order(["p2p", "residual", "controlnet", "pnp", "blended", "iclight"])
+    assert order == ["p2p", "pnp", "residual", "iclight", "controlnet", "blended"]
 
 
 def test_failed_entry_is_recorded_and_skipped(tmp_path):

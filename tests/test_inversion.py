@@ -5,28 +5,9 @@ import torch
 from sam_edit import stages
 from sam_edit.inversion import ddim_inversion_step, ddim_step, encode_image, encode_prompts
 from sam_edit.methods.inversion_based import residual_correction
-from sam_edit.methods.request import EditRequest
 from sam_edit.models import loaders
 
 STEPS = 4
-
-
-@pytest.fixture
-def context(cpu):
-    return stages.Context(runtime=cpu, model_set="tiny")
-
-
-@pytest.fixture
-def cat_mask(chelsea):
-    width, height = chelsea.size
-    mask = np.zeros((height, width), dtype=bool)
-    mask[60:240, 120:330] = True
-    return mask
-
-
-def request_for(method, **overrides):
-    values = dict(source_words="cat", target_words="tiger", method=method, num_steps=STEPS, max_side=64)
-    return EditRequest(**(values | overrides))
 
 
 def test_inversion_step_inverts_ddim_step(cpu):
@@ -38,8 +19,8 @@ def test_inversion_step_inverts_ddim_step(cpu):
     torch.testing.assert_close(ddim_step(models, noise_pred, t, forward), latents, rtol=1e-5, atol=1e-5)
 
 
-def test_trajectory_starts_at_encoded_image(chelsea, context, cat_mask):
-    request = request_for("pnp")
+def test_trajectory_starts_at_encoded_image(chelsea, context, cat_mask, make_request):
+    request = make_request("pnp", num_steps=STEPS)
     prepared = stages.prepare(chelsea, request, cat_mask, context)
     trajectory = stages.invert(prepared, request)
     assert trajectory.shape == (STEPS + 1, 4, 5, 8)  # 64x40 working size, latents at 1/8
@@ -47,8 +28,8 @@ def test_trajectory_starts_at_encoded_image(chelsea, context, cat_mask):
 
 
 @pytest.mark.parametrize("method", ["pnp", "iclight-pnp", "residual"])
-def test_direct_inversion_ends_on_image_latent(chelsea, context, cat_mask, method):
-    request = request_for(method)
+def test_direct_inversion_ends_on_image_latent(chelsea, context, cat_mask, method, make_request):
+    request = make_request(method, num_steps=STEPS)
     prepared = stages.prepare(chelsea, request, cat_mask, context)
     trajectory = stages.invert(prepared, request)
     sources = []
@@ -58,8 +39,8 @@ def test_direct_inversion_ends_on_image_latent(chelsea, context, cat_mask, metho
     torch.testing.assert_close(sources[-1], trajectory[0], rtol=1e-5, atol=1e-5)
 
 
-def test_plain_p2p_source_leaves_trajectory(chelsea, context):
-    request = request_for("p2p", guidance_scale=7.5)
+def test_plain_p2p_source_leaves_trajectory(chelsea, context, make_request):
+    request = make_request("p2p", num_steps=STEPS, guidance_scale=7.5)
     prepared = stages.prepare(chelsea, request, None, context)
     trajectory = stages.invert(prepared, request)
     _, latents, _ = stages.edit(chelsea, request, prepared, trajectory)
@@ -88,22 +69,22 @@ def test_zero_weight_leaves_target_untouched():
     assert torch.equal(corrected, latents)
 
 
-def test_zero_residual_weight_equals_iclight_pnp(chelsea, context, cat_mask):
+def test_zero_residual_weight_equals_iclight_pnp(chelsea, context, cat_mask, make_request):
     images = []
     for method, weight in (("residual", 0.0), ("iclight-pnp", None)):
-        request = request_for(method, residual_weight=weight)
+        request = make_request(method, num_steps=STEPS, residual_weight=weight)
         prepared = stages.prepare(chelsea, request, cat_mask, context)
         trajectory = stages.invert(prepared, request)
         images.append(np.asarray(stages.edit(chelsea, request, prepared, trajectory)[0]))
     assert np.array_equal(images[0], images[1])
 
 
-def test_residual_weight_changes_output(chelsea, context, cat_mask):
-    request = request_for("residual")
+def test_residual_weight_changes_output(chelsea, context, cat_mask, make_request):
+    request = make_request("residual", num_steps=STEPS)
     prepared = stages.prepare(chelsea, request, cat_mask, context)
     trajectory = stages.invert(prepared, request)
     corrected = stages.edit(chelsea, request, prepared, trajectory)[1]
-    plain = stages.edit(chelsea, request_for("residual", residual_weight=0.0), prepared, trajectory)[1]
+    plain = stages.edit(chelsea, make_request("residual", num_steps=STEPS, residual_weight=0.0), prepared, trajectory)[1]
     assert not torch.equal(corrected[1], plain[1])
     assert torch.equal(corrected[0], plain[0])
 

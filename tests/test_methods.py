@@ -45,31 +45,6 @@ def chelsea_masks(chelsea_path, cache_root, tmp_path_factory):
     return path
 
 
-@pytest.fixture
-def context(cpu):
-    return stages.Context(runtime=cpu, model_set="tiny")
-
-
-@pytest.fixture
-def cat_mask(chelsea):
-    width, height = chelsea.size
-    mask = np.zeros((height, width), dtype=bool)
-    mask[60:240, 120:330] = True
-    return mask
-
-
-@pytest.fixture
-def cat_mask_path(cat_mask, tmp_path):
-    path = tmp_path / "cat-mask.png"
-    Image.fromarray(cat_mask.astype(np.uint8) * 255).save(path)
-    return path
-
-
-def request_for(method, **overrides):
-    values = dict(source_words="cat", target_words="tiger", method=method, num_steps=2, max_side=64, seed=1)
-    return EditRequest(**(values | overrides))
-
-
 def square_dilation(mask, pixels):
     """Reference dilation for the tests: OR of the mask shifted by every offset in [-k, k]^2."""
     height, width = mask.shape
@@ -144,9 +119,9 @@ def test_inversion_with_ip2p_rejected(run, chelsea_path, tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
-def test_inversion_with_ip2p_rejected_in_library(chelsea, context, tmp_path):
+def test_inversion_with_ip2p_rejected_in_library(chelsea, context, tmp_path, make_request):
     with pytest.raises(SameditError, match="takes no `--inversion`"):
-        stages.run_edit(chelsea, request_for("ip2p"), context, inversion=tmp_path / "cat.inv.safetensors")
+        stages.run_edit(chelsea, make_request("ip2p"), context, inversion=tmp_path / "cat.inv.safetensors")
 
 
 @pytest.mark.parametrize(
@@ -193,7 +168,8 @@ def test_default_steps_per_method(method, steps):
 def test_settings_record_only_own_options():
     settings = EditRequest(source_words="cat", target_words="tiger", method="everything").settings()
     assert settings["dilate"] == 12
-    assert "reweight" not in settings and "instruction" not in settings
+    assert "reweight" not in settings
+    assert "instruction" not in settings
     settings = EditRequest(source_words="cat", target_words="tiger", method="ip2p").settings()
     assert settings["instruction"] == "turn the cat into tiger"
     assert settings["image_guidance_scale"] == 1.5
@@ -211,24 +187,24 @@ def test_settings_record_only_own_options():
         ({"instruction": "  "}, "`--instruction`"),
     ],
 )
-def test_invalid_request_raises(overrides, flag):
+def test_invalid_request_raises(overrides, flag, make_request):
     with pytest.raises(SameditError, match=flag):
-        request_for(overrides.pop("method", "p2p"), **overrides)
+        make_request(overrides.pop("method", "p2p"), **overrides)
 
 
 # p2p, controlnet ---------------------------------------------------------------------------------
 
 
-def test_p2p_same_words_keeps_target_on_source(chelsea, context):
-    request = request_for("p2p", target_words="cat", num_steps=4)
+def test_p2p_same_words_keeps_target_on_source(chelsea, context, make_request):
+    request = make_request("p2p", target_words="cat", num_steps=4)
     prepared = stages.prepare(chelsea, request, None, context)
     trajectory = stages.invert(prepared, request)
     latents = stages.edit(chelsea, request, prepared, trajectory)[1]
     assert torch.equal(latents[1], latents[0])
 
 
-def test_reweight_changes_p2p_output(chelsea, context):
-    plain_request, reweighted_request = request_for("p2p", num_steps=4), request_for("p2p", num_steps=4, reweight=2.0)
+def test_reweight_changes_p2p_output(chelsea, context, make_request):
+    plain_request, reweighted_request = make_request("p2p", num_steps=4), make_request("p2p", num_steps=4, reweight=2.0)
     prepared = stages.prepare(chelsea, plain_request, None, context)
     trajectory = stages.invert(prepared, plain_request)
     plain = stages.edit(chelsea, plain_request, prepared, trajectory)[1]
@@ -237,8 +213,8 @@ def test_reweight_changes_p2p_output(chelsea, context):
     assert not torch.equal(plain[1], reweighted[1])
 
 
-def test_controlnet_zero_scale_equals_p2p_on_sd15(chelsea, context, chelsea_masks):
-    request = request_for("controlnet", num_steps=3, control_scale=0.0)
+def test_controlnet_zero_scale_equals_p2p_on_sd15(chelsea, context, chelsea_masks, make_request):
+    request = make_request("controlnet", num_steps=3, control_scale=0.0)
     segments = artifacts.read_masks(chelsea_masks, chelsea)[0]
     controlled = stages.prepare(chelsea, request, None, context, segments)
     plain = dataclasses.replace(
@@ -253,11 +229,11 @@ def test_controlnet_zero_scale_equals_p2p_on_sd15(chelsea, context, chelsea_mask
     assert np.array_equal(images[0], images[1])
 
 
-def test_controlnet_scale_changes_output(chelsea, context, chelsea_masks):
+def test_controlnet_scale_changes_output(chelsea, context, chelsea_masks, make_request):
     segments = artifacts.read_masks(chelsea_masks, chelsea)[0]
     images = []
     for scale in (0.0, 1.0):
-        request = request_for("controlnet", num_steps=3, control_scale=scale)
+        request = make_request("controlnet", num_steps=3, control_scale=scale)
         prepared = stages.prepare(chelsea, request, None, context, segments)
         trajectory = stages.invert(prepared, request)
         images.append(np.asarray(stages.edit(chelsea, request, prepared, trajectory)[0]))
@@ -275,7 +251,8 @@ def test_dilate_mask_is_square_dilation():
         assert np.array_equal(everything.dilate_mask(mask, pixels), square_dilation(mask, pixels)), pixels
     grown = everything.dilate_mask(mask, 2)
     assert grown[2:7, 3:8].all()
-    assert not grown[1, 5] and not grown[4, 8]
+    assert not grown[1, 5]
+    assert not grown[4, 8]
 
 
 def test_everything_keeps_pixels_outside_dilated_mask(run, chelsea_path, cat_mask, cat_mask_path, tmp_path):
@@ -310,11 +287,11 @@ def test_everything_pick_overrides_ranking(run, chelsea_path, chelsea, chelsea_m
 
 
 @pytest.mark.parametrize("method", ["everything", "blended", "ip2p"])
-def test_noise_methods_follow_the_seed(chelsea, context, cat_mask_path, method):
+def test_noise_methods_follow_the_seed(chelsea, context, cat_mask_path, method, make_request):
     source = stages.MaskSource(mask=cat_mask_path)
-    first, _ = stages.run_edit(chelsea, request_for(method, seed=1), context, source)
-    again, _ = stages.run_edit(chelsea, request_for(method, seed=1), context, source)
-    other, _ = stages.run_edit(chelsea, request_for(method, seed=2), context, source)
+    first, _ = stages.run_edit(chelsea, make_request(method, seed=1), context, source)
+    again, _ = stages.run_edit(chelsea, make_request(method, seed=1), context, source)
+    other, _ = stages.run_edit(chelsea, make_request(method, seed=2), context, source)
     assert np.array_equal(np.asarray(first), np.asarray(again))
     assert not np.array_equal(np.asarray(first), np.asarray(other))
 
@@ -332,23 +309,24 @@ def blended_inputs(chelsea, cpu, cat_mask):
     return models, source_latents, mask_latents, prompt_embeds
 
 
-def test_blended_final_latent_outside_mask_is_source(chelsea, cpu, cat_mask):
+def test_blended_final_latent_outside_mask_is_source(chelsea, cpu, cat_mask, make_request):
     models, source_latents, mask_latents, prompt_embeds = blended_inputs(chelsea, cpu, cat_mask)
-    latents = blended.denoise(models, source_latents, mask_latents, prompt_embeds, request_for("blended", num_steps=4))
+    latents = blended.denoise(models, source_latents, mask_latents, prompt_embeds, make_request("blended", num_steps=4))
     background = ~mask_latents.expand_as(latents)
-    assert background.any() and (~background).any()
+    assert background.any()
+    assert (~background).any()
     assert torch.equal(latents[background], source_latents[background])
     assert not torch.equal(latents[~background], source_latents[~background])
 
 
 @pytest.mark.parametrize("steps, first", [(4, 1), (8, 2), (50, 12)])
-def test_blended_skips_first_quarter(chelsea, cpu, cat_mask, steps, first):
+def test_blended_skips_first_quarter(chelsea, cpu, cat_mask, steps, first, make_request):
     assert blended.first_step(steps) == first
     if steps > 8:
         return
     models, source_latents, mask_latents, prompt_embeds = blended_inputs(chelsea, cpu, cat_mask)
     steps_run = []
-    request = request_for("blended", num_steps=steps)
+    request = make_request("blended", num_steps=steps)
     blended.denoise(models, source_latents, mask_latents, prompt_embeds, request, lambda state: steps_run.append(state["i"]))
     assert steps_run == list(range(first, steps))
 
@@ -363,11 +341,11 @@ def count_unet_calls(models):
 
 
 @pytest.mark.parametrize("guidance, image_guidance, batch", [(1.0, 1.0, 1), (7.5, 1.5, 3), (1.0, 1.5, 3), (7.5, 1.0, 3)])
-def test_ip2p_unet_calls_per_step(chelsea, cpu, guidance, image_guidance, batch):
+def test_ip2p_unet_calls_per_step(chelsea, cpu, guidance, image_guidance, batch, make_request):
     models = loaders.load_diffusion("ip2p", "tiny", cpu)
     assert models.unet.config.in_channels == 8
     batch_sizes = count_unet_calls(models)
-    request = request_for("ip2p", num_steps=3, guidance_scale=guidance, image_guidance_scale=image_guidance)
+    request = make_request("ip2p", num_steps=3, guidance_scale=guidance, image_guidance_scale=image_guidance)
     edited, _ = ip2p.edit(models, chelsea.image, None, request)
     assert edited.size == chelsea.size
     assert batch_sizes == [batch] * 3
@@ -380,7 +358,7 @@ def test_ip2p_image_latent_is_unscaled_mode(chelsea, cpu):
     torch.testing.assert_close(ip2p.encode_condition_image(models, pixels), expected, rtol=0, atol=0)
 
 
-def test_ip2p_instruction(run, chelsea_path, tmp_path):
+def test_ip2p_instruction(run, chelsea_path, tmp_path, make_request):
     output = tmp_path / "ip2p.png"
     result = run("edit", chelsea_path, "--from", "cat", "--to", "tiger", "--method", "ip2p",
                  "--instruction", "make the cat a tiger", "--image-guidance", "1.2", "-o", output, *FAST)
@@ -388,7 +366,7 @@ def test_ip2p_instruction(run, chelsea_path, tmp_path):
     settings = read_png_settings(output)
     assert settings["instruction"] == "make the cat a tiger"
     assert settings["image_guidance_scale"] == 1.2
-    assert request_for("ip2p").edit_instruction == "turn the cat into tiger"
+    assert make_request("ip2p").edit_instruction == "turn the cat into tiger"
 
 
 def test_readme_lists_every_method():

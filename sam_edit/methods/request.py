@@ -1,4 +1,4 @@
-"""What the user asked for: prompts and settings shared by every editing method."""
+"""The edit request: prompts and settings that the CLI collects and every editing method reads."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 from dataclasses import asdict, dataclass
 
 from sam_edit.attention import MODES
-from sam_edit.errors import SameditError
+from sam_edit.errors import SameditError, UsageError
 from sam_edit.methods.registry import get_method_info
 
 # Fields every method reads (or records, as the seed); the others belong to some methods only,
@@ -77,6 +77,14 @@ class EditRequest:
         if self.attention_mode not in MODES:
             raise SameditError(
                 f"`--attention-mode` must be one of {', '.join(MODES)}, got {self.attention_mode!r}"
+            )
+        source_count, target_count = len(self.source_prompt.split()), len(self.target_prompt.split())
+        if self.attention_mode == "replace" and source_count != target_count:
+            # Word swap pairs the prompts word by word (`alignment.replace_mapper`).
+            raise UsageError(
+                f"`--attention-mode replace` needs prompts with the same number of words, but the source "
+                f"prompt has {source_count} and the target prompt {target_count}; use `--attention-mode refine` "
+                "or give `--from` and `--to` the same number of words"
             )
         for name, flag in (("control_scale", "--control-scale"), ("image_guidance_scale", "--image-guidance"),
                            ("guidance_scale", "--guidance")):
