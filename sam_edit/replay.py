@@ -1,0 +1,79 @@
+"""Replaying an edit from the settings that its PNG records: `samedit edit IMAGE --replay OUT.png`.
+
+An edited PNG records the whole request, the model ids and where the edit region came from. A
+replay rebuilds the request from them and runs the edit again. The inversion-based methods are
+deterministic, and the others record their seed, so on the same device and model set a replay
+gives the same pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from sam_edit.errors import StageFileError
+from sam_edit.images import LoadedImage, read_png_settings
+from sam_edit.methods.request import EditRequest
+from sam_edit.rank import RankConfig
+from sam_edit.stages import MaskSource
+
+REQUEST_FIELDS = frozenset(field.name for field in dataclasses.fields(EditRequest))
+
+# Model sets whose ids have the form `<set>/<name>` (see `loaders.model_id`); real ids name a repo.
+SYNTHETIC_MODEL_SETS = ("tiny", "random-full")
+
+
+@dataclass(frozen=True)
+class Replay:
+    """An edit rebuilt from a samedit PNG."""
+
+    request: EditRequest
+    source: MaskSource  # where the edit region comes from, as the original edit found it
+    model_set: str  # the model set of the original edit: default, tiny or random-full
+    sam_model: str | None  # SAM checkpoint of the original segmentation; None when SAM did not run
+
+
+def read_replay(path: Path, loaded: LoadedImage) -> Replay:
+    """Read the settings of the samedit PNG `path` and rebuild the edit of `loaded` they record.
+
+    Raises `StageFileError` when the PNG was made from another image or lacks a setting.
+    """
+    settings = read_png_settings(path)
+    # Newer PNGs record the hash of the decoded pixels, so a re-encoded copy of the input replays.
+    if "image_pixels_sha256" in settings:
+        recorded, actual = settings["image_pixels_sha256"], loaded.pixels_sha256
+    else:
+        recorded, actual = settings.get("image_sha256"), loaded.sha256
+    if recorded != actual:
+        raise StageFileError(
+            f"`{path}` is an edit of another image (SHA-256 {str(recorded)[:12]}), not of `{loaded.path}` "
+            f"({actual[:12]}); replay it with the image it was made from"
+        )
+    if "method" not in settings or "source_words" not in settings or "target_words" not in settings:
+        raise StageFileError(f"`{path}` lacks the method or the --from/--to words, so it cannot be replayed")
+    fields = {name: value for name, value in settings.items() if name in REQUEST_FIELDS}
+    request = EditRequest(**fields)
+    source, sam_model = mask_source(settings.get("edit_region") or {})
+    return Replay(request, source, model_set_of(settings.get("models") or {}), sam_model)
+
+
+def mask_source(origin: dict) -> tuple[MaskSource, str | None]:
+    """Return the mask source and SAM model that reproduce the recorded edit region."""
+    if "mask" in origin:
+        return MaskSource(mask=Path(origin["mask"])), None
+    if "rank" in origin:
+        return MaskSource(rank=Path(origin["rank"])), None
+    if "chosen" in origin:
+        # SAM is deterministic, so picking the recorded segment ids gives the recorded mask.
+        masks = Path(origin["masks"]) if "masks" in origin else None
+        return MaskSource(masks=masks, rank_config=RankConfig(pick=tuple(origin["chosen"]))), origin.get("sam_model")
+    return MaskSource(), origin.get("sam_model")
+
+
+def model_set_of(models: dict) -> str:
+    """Return the model set that the recorded model ids belong to."""
+    for model_set in SYNTHETIC_MODEL_SETS:
+        if any(str(model_id).startswith(f"{model_set}/") for model_id in models.values()):
+            return model_set
+    return "default"

@@ -1,0 +1,102 @@
+"""Replaying an edit from the settings its PNG records."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sam_edit import stages
+from sam_edit.errors import StageFileError
+from sam_edit.images import load_image, save_png
+from sam_edit.methods.request import EditRequest
+from sam_edit.rank import RankConfig
+from sam_edit.replay import mask_source, model_set_of, read_replay
+
+
+@pytest.fixture
+def tiny(cpu):
+    return stages.Context(runtime=cpu, model_set="tiny")
+
+
+@pytest.fixture
+def mask_png(chelsea, tmp_path):
+    width, height = chelsea.size
+    mask = np.zeros((height, width), dtype=np.uint8)
+    mask[60:240, 120:330] = 255
+    path = tmp_path / "cat-mask.png"
+    Image.fromarray(mask).save(path)
+    return path
+
+
+def edit_and_save(loaded, request, source, context, path):
+    edited, settings = stages.run_edit(loaded, request, context, source)
+    save_png(edited, path, settings)
+    return edited
+
+
+def test_replay_of_sam_clip_region(chelsea, tiny, tmp_path):
+    request = EditRequest("cat", "tiger", method="blended", num_steps=2, max_side=64, seed=5)
+    first = edit_and_save(chelsea, request, stages.MaskSource(), tiny, tmp_path / "out.png")
+
+    replay = read_replay(tmp_path / "out.png", chelsea)
+    again, _ = stages.run_edit(chelsea, replay.request, tiny, replay.source)
+
+    assert replay.sam_model == "sam-vit-b"
+    assert replay.source.rank_config.pick
+    assert np.array_equal(np.asarray(again), np.asarray(first))
+
+
+@pytest.mark.parametrize("method", ["residual", "blended"])
+def test_replay_gives_same_pixels(method, chelsea, mask_png, tiny, tmp_path):
+    request = EditRequest("cat", "tiger", method=method, caption="a cat on a sofa", num_steps=2, max_side=64,
+                          guidance_scale=5.0, seed=3)
+    first = edit_and_save(chelsea, request, stages.MaskSource(mask=mask_png), tiny, tmp_path / "out.png")
+
+    replay = read_replay(tmp_path / "out.png", chelsea)
+    again, _ = stages.run_edit(chelsea, replay.request, stages.Context(runtime=tiny.runtime, model_set=replay.model_set),
+                               replay.source)
+
+    # The PNG records the residual weight the method resolved (1 for residual), not None.
+    assert dataclasses.replace(replay.request, residual_weight=None) == request
+    assert replay.model_set == "tiny"
+    assert np.array_equal(np.asarray(again), np.asarray(first))
+
+
+def test_replay_rejects_other_image(chelsea, coffee_path, mask_png, tiny, tmp_path):
+    request = EditRequest("cat", "tiger", method="p2p", num_steps=1, max_side=64)
+    edit_and_save(chelsea, request, stages.MaskSource(mask=mask_png), tiny, tmp_path / "out.png")
+
+    with pytest.raises(StageFileError, match="another image"):
+        read_replay(tmp_path / "out.png", load_image(coffee_path))
+
+
+def test_replay_rejects_png_without_method(chelsea, tmp_path):
+    save_png(chelsea.image, tmp_path / "bare.png", {"image_pixels_sha256": chelsea.pixels_sha256})
+
+    with pytest.raises(StageFileError, match="cannot be replayed"):
+        read_replay(tmp_path / "bare.png", chelsea)
+
+
+def test_mask_source_per_origin(tmp_path):
+    assert mask_source({"mask": "m.png"})[0].mask.name == "m.png"
+    assert mask_source({"rank": "r.json", "chosen": [2]})[0].rank.name == "r.json"
+    source, sam_model = mask_source({"segments": "sam+clip", "chosen": [4, 7], "sam_model": "sam-vit-h"})
+    assert source.rank_config == RankConfig(pick=(4, 7))
+    assert sam_model == "sam-vit-h"
+    assert mask_source({"segments": "sam+clip", "chosen": [1], "masks": "m.json"})[0].masks.name == "m.json"
+
+
+def test_model_set_from_ids():
+    assert model_set_of({"unet": "tiny/sd14"}) == "tiny"
+    assert model_set_of({"unet": "random-full/sd15"}) == "random-full"
+    assert model_set_of({"unet": "CompVis/stable-diffusion-v1-4@abc"}) == "default"
+
+
+def test_replay_accepts_reencoded_input(chelsea, mask_png, tiny, tmp_path):
+    request = EditRequest("cat", "tiger", method="p2p", num_steps=1, max_side=64)
+    edit_and_save(chelsea, request, stages.MaskSource(mask=mask_png), tiny, tmp_path / "out.png")
+    copy = tmp_path / "copy.png"
+    chelsea.image.save(copy, compress_level=1)
+
+    assert read_replay(tmp_path / "out.png", load_image(copy)).request.method == "p2p"
