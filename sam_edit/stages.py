@@ -391,6 +391,25 @@ def run_noise_edit(loaded: LoadedImage, request: EditRequest, context: Context, 
     return edited, settings
 
 
+def require_edit_models(request: EditRequest, source: MaskSource, context: Context) -> None:
+    """Check that every model the edit will load is cached, or fetch them, before any of them runs.
+
+    With downloads off, one error names all the missing models, so one `samedit models pull`
+    fetches them.
+    """
+    info = get_method(request.method)
+    finds_mask, needs_segments = info.needs_mask, False
+    if info.inversion_based:
+        method = get_inversion_method(request.method)
+        weight = method.residual_weight if request.residual_weight is None else request.residual_weight
+        finds_mask = method.needs_mask or weight != 0
+        needs_segments = method.conditioning == "control"
+    ranks = finds_mask and source.mask is None and source.rank is None
+    segments = (ranks or needs_segments) and source.masks is None
+    names = loaders.required_models(request.method, segment=segments, rank=ranks, sam_model=context.sam_model)
+    loaders.require_models(names, context.model_set)
+
+
 def run_edit(loaded: LoadedImage, request: EditRequest, context: Context, source: MaskSource = MaskSource(),
              inversion: Path | None = None):
     """Run the whole edit: find the mask if the method needs one, invert (or read the inversion), edit.
@@ -398,6 +417,7 @@ def run_edit(loaded: LoadedImage, request: EditRequest, context: Context, source
     Methods that start from noise (everything, ip2p, blended) take no inversion. Returns
     (edited image at the input's size, settings to record in the PNG).
     """
+    require_edit_models(request, source, context)
     if not get_method(request.method).inversion_based:
         if inversion is not None:
             raise SameditError(

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from sam_edit import artifacts, stages
 from sam_edit.cli.app import app
-from sam_edit.errors import SameditError, StageFileError, UsageError
+from sam_edit.errors import ModelNotCachedError, SameditError, StageFileError, UsageError
 from sam_edit.segment import Segment
 
 # 80 one-token words push "cat" past the 75 word tokens that CLIP's 77-token context holds.
@@ -176,3 +176,26 @@ def test_cli_mask_and_rank_exit_2(chelsea_path, cat_mask_path, tmp_path):
     assert "--mask" in lines[0]
     assert "--rank" in lines[0]
     assert not output.exists()
+
+
+# Missing models ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("method", "source_flags", "expected"), [
+    ("residual", {}, ["sam-vit-b", "clip-l14", "iclight-base", "iclight-fc"]),
+    ("residual", {"mask": "cat-mask.png"}, ["iclight-base", "iclight-fc"]),
+    ("controlnet", {}, ["sam-vit-b", "sd15", "controlnet-seg"]),
+    ("blended", {"masks": "cat.masks.json"}, ["clip-l14", "sd15"]),
+    ("ip2p", {}, ["ip2p"]),
+])
+def test_edit_names_every_missing_model(chelsea, cpu, make_request, tmp_path, method, source_flags, expected):
+    source = stages.MaskSource(**{flag: tmp_path / name for flag, name in source_flags.items()})
+    context = stages.Context(runtime=cpu, model_set="default")
+
+    with pytest.raises(ModelNotCachedError) as raised:
+        stages.run_edit(chelsea, make_request(method), context, source)
+
+    message = str(raised.value)
+    for name in expected:
+        assert f"`{name}`" in message
+    assert "samedit models pull " + " ".join(expected) in message
