@@ -25,21 +25,22 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from torchmetrics.functional import mean_squared_error
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
-from torchmetrics.multimodal import CLIPScore
-from torchvision.transforms import functional as TF
-from transformers import ViTModel
 
 from sam_edit.errors import SameditError
 from sam_edit.images import to_rgb
-from sam_edit.models import metric_models
+
+# torchmetrics, torchvision and transformers take seconds to import, so the functions that
+# need them import them, and importing this module for its names and means stays fast.
+if TYPE_CHECKING:
+    from torchmetrics.multimodal import CLIPScore
+    from transformers import ViTModel
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,20 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DINO_SHORT_SIDE = 224  # DINO input: shorter side resized to 224 ...
 DINO_MAX_SIDE = 480  # ... unless that makes the longer side exceed 480
+DINO_PATCH_SIZE = 8  # DINO ViT-B/8, as PIE-Bench's structure distance uses; the tiny DINO too
 SSIM_BORDER = 5  # half of the 11-tap Gaussian window (sigma 1.5)
+# Smallest side each pixel metric accepts. PIE-Bench computes SSIM with torchmetrics' default
+# 11x11 Gaussian window, and samedit keeps that window rather than shrinking it for small
+# images, because SSIM with another window does not compare with PIE-Bench numbers. With the
+# 5-pixel border cut, the SSIM map of an image under 11 px has no pixel left. torchvision's
+# SqueezeNet 1.1, the LPIPS backbone, fails in its max pooling on a side under 17 px.
+MIN_SIDE = {"ssim": 2 * SSIM_BORDER + 1, "lpips": 17}
+# Large images are scored in pieces of at most this many pixels, so memory stays bounded. SSIM
+# is exact in bands of rows, and LPIPS approximate in tiles (see `lpips_tiled`). An image of
+# up to 1024x1024 pixels, such as PIE-Bench's 512x512, is one piece. Scoring one 4000x3000
+# pair on a 2-core CPU (SqueezeNet 1.1 with random weights) raised peak RAM by 8.9 GB for
+# SSIM and 10 GB for LPIPS at full size, and by 1.4 GB and 1.2 GB in pieces.
+PIECE_PIXELS = 1024 * 1024
 
 
 @dataclass
@@ -116,6 +130,8 @@ def load_score_models(
     device: torch.device | str = "cpu",
 ) -> ScoreModels:
     """Load the models whose paths are given; the others stay None, and so do their metrics."""
+    from sam_edit.models import metric_models
+
     models = ScoreModels(device=torch.device(device))
     if dino_folder is not None:
         models.dino = metric_models.load_dino(dino_folder, models.device)
@@ -197,6 +213,36 @@ def region_is_empty(mask: np.ndarray, suffix: str) -> bool:
     return False
 
 
+def metric_region(name: str) -> str:
+    """Return the region suffix of a metric name: "_unedit_part", "_edit_part" or "" (whole image)."""
+    for suffix in ("_unedit_part", "_edit_part"):
+        if name.endswith(suffix):
+            return suffix
+    return ""
+
+
+def empty_region_metrics(mask: np.ndarray, metrics: Iterable[str]) -> list[str]:
+    """Return the names among `metrics` that `score_pair` makes NaN because their region of `mask` is empty."""
+    return [name for name in metrics if region_is_empty(mask, metric_region(name))]
+
+
+def empty_region_warning(mask: np.ndarray, metrics: Iterable[str]) -> str | None:
+    """Return a sentence saying which of `metrics` are NaN for `mask` and why, or None if none is."""
+    names = empty_region_metrics(mask, metrics)
+    if not names:
+        return None
+    if mask.all():
+        cause = "the edit mask covers the whole image, so there is no background and"
+    else:
+        cause = "the edit mask is empty, so"
+    return f"{cause} {nan_phrase(names)}, as in the PIE-Bench evaluation"
+
+
+def nan_phrase(names: Sequence[str]) -> str:
+    """Return "a is NaN" or "a, b are NaN" for metric names."""
+    return f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} NaN"
+
+
 # Metrics -----------------------------------------------------------------------------------
 
 
@@ -207,6 +253,10 @@ def dino_self_similarity(dino: ViTModel, image: np.ndarray, fixed: bool = False)
     `image` is `[H, W, 3]` with values in 0-255, any float or integer dtype. A 224 x 224 input
     to ViT-B/8 gives T = 785 (28 x 28 patches and CLS); the keys of all heads are concatenated.
     """
+    from torchvision.transforms import functional as TF
+
+    from sam_edit.models import metric_models
+
     device = next(dino.parameters()).device
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)[None]  # [1, 3, H, W]
     if fixed:
@@ -252,26 +302,127 @@ def pixel_metric(family: str, source: np.ndarray, edited: np.ndarray, models: Sc
     """Compute PSNR (data range 1), LPIPS, MSE or SSIM (Gaussian 11, sigma 1.5) with torchmetrics.
 
     `source` and `edited` are `[H, W, 3]` float32 in [0, 1], already multiplied by the region
-    weights. LPIPS gets them mapped to [-1, 1].
+    weights. LPIPS gets them mapped to [-1, 1]. Images over `PIECE_PIXELS` are scored in pieces
+    for SSIM and LPIPS (see `ssim_banded` and `lpips_tiled`).
     """
+    from torchmetrics.functional import mean_squared_error
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    check_image_size((family,), source.shape[:2])
+    if family == "ssim":
+        return ssim_banded(source, edited, models.device)
+    if family == "lpips":
+        return lpips_tiled(models.lpips, source, edited, models.device)
     preds, target = _pixels(source, models.device), _pixels(edited, models.device)
     if family == "psnr":
         value = peak_signal_noise_ratio(preds, target, data_range=1.0)
     elif family == "mse":
         value = mean_squared_error(preds, target)
-    elif family == "ssim":
-        # NOTE: torchmetrics < 1.5 (which the published numbers used) averaged the SSIM map
-        # without its 5-pixel border, where the 11-tap window reaches into reflect padding, as
-        # scikit-image does. torchmetrics >= 1.5 averages the whole map, so the border is cut here.
-        _, ssim_map = structural_similarity_index_measure(
-            preds, target, data_range=1.0, return_full_image=True
-        )
-        value = ssim_map[..., SSIM_BORDER:-SSIM_BORDER, SSIM_BORDER:-SSIM_BORDER].mean()
-    elif family == "lpips":
-        value = models.lpips(preds * 2 - 1, target * 2 - 1).mean()
     else:
         raise SameditError(f"`{family}` is not a pixel metric; use one of psnr, lpips, mse, ssim")
     return float(value)
+
+
+def check_image_size(metrics: Iterable[str], size: tuple[int, int]) -> None:
+    """Raise `SameditError` when a `size` (H, W) image is too small for any of `metrics`.
+
+    The message names the size, what each metric family needs and the metrics to leave out.
+    Whole-image names such as "ssim" stand for their family.
+    """
+    height, width = size
+    needs = {}  # family -> what it needs
+    for family in (metric_family(name) for name in metrics):
+        if family in MIN_SIDE and min(size) < MIN_SIDE[family]:
+            needs[family] = f"{family.upper()} needs at least {MIN_SIDE[family]}x{MIN_SIDE[family]} px"
+        elif family == "structure_distance" and min(dino_input_size(size)) < DINO_PATCH_SIZE:
+            dino_height, dino_width = dino_input_size(size)
+            needs[family] = (
+                f"DINO resizes them to {dino_width}x{dino_height} px, narrower than its "
+                f"{DINO_PATCH_SIZE} px patches"
+            )
+    if needs:
+        names = [name for name in metrics if metric_family(name) in needs]
+        raise SameditError(
+            f"the {width}x{height} images are too small: {', '.join(needs.values())}; "
+            f"leave {', '.join(names)} out of `--metrics`"
+        )
+
+
+def dino_input_size(size: tuple[int, int]) -> tuple[int, int]:
+    """Return the (H, W) that `dino_self_similarity` resizes a `size` (H, W) image to.
+
+    torchvision's `resize(size=[DINO_SHORT_SIDE], max_size=DINO_MAX_SIDE)` rule: the shorter
+    side becomes 224 px unless the longer one would exceed 480 px, which then becomes 480 px.
+    """
+    height, width = size
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = DINO_SHORT_SIDE, int(DINO_SHORT_SIDE * long / short)
+    if new_long > DINO_MAX_SIDE:
+        new_short, new_long = int(DINO_MAX_SIDE * new_short / new_long), DINO_MAX_SIDE
+    return (new_long, new_short) if width <= height else (new_short, new_long)
+
+
+def ssim_banded(source: np.ndarray, edited: np.ndarray, device: torch.device) -> float:
+    """Return the mean SSIM map without its `SSIM_BORDER`, computed in bands of rows.
+
+    `source` and `edited` are `[H, W, 3]` float32 in [0, 1]. Each band gets `SSIM_BORDER`
+    extra rows on both sides, and only map rows whose 11x11 window lies inside the image are
+    kept, so each kept value is the one a full-size pass gives. An image of at most
+    `PIECE_PIXELS` is one band, the same call as a full-size pass.
+    """
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    height, width = source.shape[:2]
+    # NOTE: torchmetrics < 1.5 (which the published numbers used) averaged the SSIM map
+    # without its 5-pixel border, where the 11-tap window reaches into reflect padding, as
+    # scikit-image does. torchmetrics >= 1.5 averages the whole map, so the border is cut here.
+    band_rows = max(1, PIECE_PIXELS // width - 2 * SSIM_BORDER)
+    # Several bands are summed in float64, so the mean of millions of values keeps float32 precision.
+    total, count = 0.0, 0
+    for top in range(SSIM_BORDER, height - SSIM_BORDER, band_rows):
+        bottom = min(top + band_rows, height - SSIM_BORDER)
+        rows = slice(top - SSIM_BORDER, bottom + SSIM_BORDER)
+        preds, target = _pixels(source[rows], device), _pixels(edited[rows], device)
+        _, ssim_map = structural_similarity_index_measure(
+            preds, target, data_range=1.0, return_full_image=True
+        )
+        band_map = ssim_map[..., SSIM_BORDER:-SSIM_BORDER, SSIM_BORDER:-SSIM_BORDER]  # [1, 3, rows, W - 10]
+        if (top, bottom) == (SSIM_BORDER, height - SSIM_BORDER):
+            return float(band_map.mean())  # one band: the full-size pass
+        total += float(band_map.double().sum())
+        count += band_map.numel()
+    return total / count
+
+
+def lpips_tiled(lpips: nn.Module, source: np.ndarray, edited: np.ndarray, device: torch.device) -> float:
+    """Return LPIPS of two `[H, W, 3]` float32 images in [0, 1], in tiles for large images.
+
+    An image of at most `PIECE_PIXELS` is one tile, which is the plain LPIPS call. A larger
+    one is cut into a grid of near-equal tiles of at most `PIECE_PIXELS`, and the result is
+    the pixel-weighted mean of the tiles' LPIPS.
+    NOTE: for tiled images this is an approximation. LPIPS averages each layer's feature map,
+    and the convolutions' zero padding at tile borders changes features near them.
+    """
+    height, width = source.shape[:2]
+    tiles_down = tiles_across = 1
+    while math.ceil(height / tiles_down) * math.ceil(width / tiles_across) > PIECE_PIXELS:
+        if height / tiles_down >= width / tiles_across:
+            tiles_down += 1
+        else:
+            tiles_across += 1
+    row_edges = np.linspace(0, height, tiles_down + 1).round().astype(int)
+    column_edges = np.linspace(0, width, tiles_across + 1).round().astype(int)
+
+    values, weights = [], []
+    for top, bottom in zip(row_edges[:-1], row_edges[1:]):
+        for left, right in zip(column_edges[:-1], column_edges[1:]):
+            preds = _pixels(source[top:bottom, left:right], device)
+            target = _pixels(edited[top:bottom, left:right], device)
+            values.append(float(lpips(preds * 2 - 1, target * 2 - 1).mean()))
+            weights.append((bottom - top) * (right - left))
+    if len(values) == 1:
+        return values[0]
+    return float(np.average(values, weights=weights))
 
 
 # `no_grad`, not `inference_mode`: `reset` recreates the metric's state tensors, and inference
@@ -315,6 +466,7 @@ def score_pair(
     mask = np.asarray(mask).astype(bool)
     if mask.shape != source.shape[:2]:
         raise SameditError(f"mask is {mask.shape} but the source image is {source.shape[:2]} (H, W)")
+    check_image_size(metrics, source.shape[:2])
 
     scores = {}
     for name in metrics:
@@ -336,9 +488,12 @@ def score_pair(
                 source_255, edited_255 = source_255 * weights, edited_255 * weights
             scores[name] = structure_distance(models.dino, source_255, edited_255, fixed=dino_fixed)
             continue
-        source_01, edited_01 = source.astype(np.float32) / 255, edited.astype(np.float32) / 255
-        if weights is not None:
-            source_01, edited_01 = source_01 * weights, edited_01 * weights
+        # In place, so a 12-megapixel pair needs one float32 copy of each image, not three.
+        source_01, edited_01 = source.astype(np.float32), edited.astype(np.float32)
+        for image in (source_01, edited_01):
+            image /= 255
+            if weights is not None:
+                image *= weights
         scores[name] = pixel_metric(family, source_01, edited_01, models)
     return scores
 

@@ -22,7 +22,7 @@ import numpy as np
 from sam_edit.errors import SameditError
 from sam_edit.images import load_image
 from sam_edit.methods.request import find_words, word_pattern
-from sam_edit.metrics import DEFAULT_METRICS, ScoreModels, check_metrics, score_pair
+from sam_edit.metrics import DEFAULT_METRICS, ScoreModels, check_metrics, empty_region_warning, score_pair
 
 logger = logging.getLogger(__name__)
 
@@ -394,11 +394,14 @@ def score_outputs(
                 )
             logger.warning("no edit of PIE-Bench %s under %s; skipped", entry.id, outputs)
             continue
+        mask = entry.mask
+        if warning := empty_region_warning(mask, metrics):
+            logger.warning("PIE-Bench %s: %s", entry.id, warning)
         scores = score_pair(
             models,
             load_image(entry.image_path).image,
             load_image(edited_path).image,
-            entry.mask,
+            mask,
             entry.target_prompt,
             entry.source_prompt,
             metrics=metrics,

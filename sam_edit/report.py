@@ -13,8 +13,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from rich.table import Table
 
 from sam_edit.metrics import (
@@ -120,12 +118,13 @@ def _write_csv_rows(handle: TextIO, rows, metrics: list[str], paper_scale: bool)
 
 
 def json_value(value: object) -> object:
-    """Return a value that strict JSON can hold: NaN becomes None, infinities "inf" and "-inf"."""
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
+    """Return a value that strict JSON can hold: NaN and infinities become None (JSON null).
+
+    A metric column then holds only numbers and nulls. NOTE: null does not tell an infinite
+    PSNR (identical images) from a NaN (empty region); the CSV and the tables keep "inf".
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     return value
 
 
@@ -165,6 +164,9 @@ def plot_comparison(
     Uses matplotlib's Agg canvas directly, so no GUI backend or global pyplot state is touched.
     A NaN mean leaves its bar out.
     """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     path = Path(path)
     metrics = list(metrics) if metrics is not None else _metrics_in(means_by_method.values())
     methods = list(means_by_method)

@@ -31,7 +31,16 @@ import numpy as np
 from sam_edit import artifacts
 from sam_edit.errors import ImageError, SameditError
 from sam_edit.images import LoadedImage, load_image, load_mask, read_png_settings
-from sam_edit.metrics import DEFAULT_METRICS, METRIC_NAMES, ScoreModels, check_metrics, score_pair
+from sam_edit.metrics import (
+    DEFAULT_METRICS,
+    METRIC_NAMES,
+    ScoreModels,
+    check_metrics,
+    empty_region_metrics,
+    empty_region_warning,
+    nan_phrase,
+    score_pair,
+)
 from sam_edit.piebench import EDITED_SUFFIXES, PieBenchEntry, find_edited_image, score_outputs
 
 logger = logging.getLogger(__name__)
@@ -280,7 +289,11 @@ def score_pairs(
         loaded = load_image(pair.source)
         mask = read_edit_mask(pair.mask, loaded)
         if pair.mask is None:
-            logger.warning("%s: no edit mask found; the whole image counts as background", pair.id)
+            nan_metrics = empty_region_metrics(mask, metrics)
+            logger.warning("%s: no edit mask found; the whole image counts as background%s", pair.id,
+                           f", so {nan_phrase(nan_metrics)}" if nan_metrics else "")
+        elif warning := empty_region_warning(mask, metrics):
+            logger.warning("%s: %s", pair.id, warning)
         scores = score_pair(models, loaded.image, load_image(pair.edited).image, mask, target or "", source,
                             metrics=metrics, dino_fixed=dino_fixed)
         yield {"id": pair.id, "editing_type_id": "", **scores}

@@ -12,6 +12,7 @@ from PIL import Image
 from segment_anything import SamAutomaticMaskGenerator
 from segment_anything.modeling import Sam
 from segment_anything.utils import amg
+from segment_anything.utils.transforms import ResizeLongestSide
 
 from sam_edit.errors import ImageError, SameditError, SegmentationError, StageFileError
 
@@ -20,7 +21,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SegmentConfig:
-    """Settings of `SamAutomaticMaskGenerator`; the defaults are segment-anything 1.0's own."""
+    """Settings of SAM's automatic segmentation.
+
+    `max_side` is samedit's own. The other fields are `SamAutomaticMaskGenerator` arguments with
+    segment-anything 1.0's defaults, and they act on the copy that SAM segments (see `max_side`),
+    so pixel counts such as `min_mask_region_area` are counted in that copy.
+    """
 
     points_per_side: int = 32  # a 32x32 grid of point prompts over the image (1,024 points)
     points_per_batch: int = 64  # prompts per decoder pass; memory grows with it (x3 masks x H x W)
@@ -32,7 +38,13 @@ class SegmentConfig:
     crop_nms_thresh: float = 0.7  # box IoU for suppressing duplicates between crops
     crop_overlap_ratio: float = 512 / 1500  # overlap of first-layer crops, as a share of the image
     crop_n_points_downscale_factor: int = 1  # points per side shrink by this per crop layer
-    min_mask_region_area: int = 0  # fill holes and drop islands below this many pixels (needs cv2)
+    min_mask_region_area: int = 0  # fill holes and drop islands below this many copy pixels (needs cv2)
+    # SAM segments a copy of the photo whose longer side is at most this many pixels, and its
+    # masks are resized back to the photo's size. The released SAM models resize their input
+    # to 1024 px and predict mask logits at 256 px, so a larger copy adds no detail. The mask
+    # generator keeps float32 logits of 3 masks per point prompt at the copy's size in memory,
+    # which for a 4000x3000 copy and 64 prompts per batch is 64 x 3 x 12e6 x 4 bytes = 9.2 GB.
+    max_side: int = 1024
 
 
 # The tiny random-weight SAM predicts no meaningful IoU or stability, so both filters are off.
@@ -63,17 +75,32 @@ class Segment:
 def generate_segments(sam: Sam, image: np.ndarray, config: SegmentConfig) -> list[Segment]:
     """Run SAM's automatic mask generator on `image` and return its non-empty masks.
 
-    `image` is [H, W, 3] uint8 RGB in [0, 255]. Segments are sorted by area, largest first, and
-    numbered 0..N-1 in that order. Raises `SegmentationError` when SAM finds no segment.
+    `image` is [H, W, 3] uint8 RGB in [0, 255]. SAM segments a copy whose longer side is at
+    most `config.max_side`, and each mask is resized back to [H, W] by nearest neighbour.
+    Segments are sorted by area, largest first, and numbered 0..N-1 in that order. Raises
+    `ImageError` for an image SAM cannot segment (see `check_sam_size`) and
+    `SegmentationError` when SAM finds no segment.
     """
     _check_image(image)
+    height, width = image.shape[:2]
+    copy_size = sam_image_size((width, height), config.max_side)
+    check_sam_size((width, height), copy_size, sam.image_encoder.img_size)
     generator = _mask_generator(sam, config)
-    records = generator.generate(image)
 
-    records = [record for record in records if record["area"] > 0]
-    records.sort(key=lambda record: record["area"], reverse=True)  # stable: ties keep SAM's order
-    if not records:
-        height, width = image.shape[:2]
+    sam_image = image
+    if copy_size != (width, height):
+        logger.info("SAM segments a %dx%d copy of the %dx%d image", *copy_size, width, height)
+        sam_image = np.asarray(Image.fromarray(image).resize(copy_size, Image.Resampling.BILINEAR))
+    records = generator.generate(sam_image)
+
+    masks = [resize_mask(np.asarray(record["segmentation"], dtype=bool), (width, height))
+             for record in records]  # each [H, W] bool
+    areas = [int(mask.sum()) for mask in masks]
+    # Sorted by the area at the photo's size, which the resize can reorder. The sort is
+    # stable, so ties keep SAM's order.
+    order = sorted((index for index in range(len(records)) if areas[index] > 0),
+                   key=lambda index: areas[index], reverse=True)
+    if not order:
         hint = ""
         if config.pred_iou_thresh > 0 or config.stability_score_thresh > 0:
             hint = (
@@ -85,21 +112,81 @@ def generate_segments(sam: Sam, image: np.ndarray, config: SegmentConfig) -> lis
             f"{hint}give the edit region directly with `--mask PNG`"
         )
 
-    segments = []
-    for index, record in enumerate(records):
-        mask = np.asarray(record["segmentation"], dtype=bool)
-        segments.append(
-            Segment(
-                id=index,
-                mask=mask,
-                bbox=mask_to_bbox(mask),
-                area=int(mask.sum()),
-                predicted_iou=float(record["predicted_iou"]),
-                stability_score=float(record["stability_score"]),
-            )
+    segments = [
+        Segment(
+            id=segment_id,
+            mask=masks[index],
+            bbox=mask_to_bbox(masks[index]),
+            area=areas[index],
+            predicted_iou=float(records[index]["predicted_iou"]),
+            stability_score=float(records[index]["stability_score"]),
         )
+        for segment_id, index in enumerate(order)
+    ]
     logger.info("SAM found %d segments", len(segments))
     return segments
+
+
+def sam_image_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """Return the (width, height) of the copy SAM segments, with the longer side cut to `max_side`.
+
+    A photo within `max_side` keeps its size. Otherwise the sides are scaled and rounded as
+    segment-anything's `ResizeLongestSide` rounds them, and may round to 0.
+    """
+    if max_side < 1:
+        raise SameditError(f"`max_side` must be at least 1, got {max_side}")
+    width, height = size
+    if max(width, height) <= max_side:
+        return (width, height)
+    new_height, new_width = ResizeLongestSide.get_preprocess_shape(height, width, max_side)
+    return (new_width, new_height)
+
+
+# A side of 1 px gives every mask a box of zero area. Box IoU is then 0 / 0, so torchvision's
+# box NMS keeps every duplicate, and SAM returns 3 masks per point prompt.
+MIN_SAM_SIDE = 2
+
+
+def check_sam_size(size: tuple[int, int], copy_size: tuple[int, int], sam_input_side: int) -> None:
+    """Raise `ImageError` naming `size` when SAM cannot segment the photo or its copy.
+
+    `size` is the photo's (width, height) and `copy_size` the copy's (see `sam_image_size`).
+    `sam_input_side` is the longer side SAM resizes its input to, `sam.image_encoder.img_size`:
+    1024 for the released models and 64 for the tiny one. segment-anything's resize raises a
+    bare `ValueError` when it rounds the shorter side to 0 px, which happens once the
+    longer side is more than about 2 x `sam_input_side` times the shorter.
+    """
+    width, height = size
+    fix = "crop the image, or give the edit region directly with `--mask PNG`"
+    if min(width, height) < MIN_SAM_SIDE:
+        raise ImageError(
+            f"the {width}x{height} image is too small for SAM: each side must be at least "
+            f"{MIN_SAM_SIDE} px; {fix}"
+        )
+    copy_width, copy_height = copy_size
+    if min(copy_width, copy_height) < MIN_SAM_SIDE:
+        raise ImageError(
+            f"the {width}x{height} image is too narrow for SAM: scaled to a longer side of "
+            f"{max(copy_size)} px it is {copy_width}x{copy_height}, and each side must be at least "
+            f"{MIN_SAM_SIDE} px; {fix}"
+        )
+    input_height, input_width = ResizeLongestSide.get_preprocess_shape(
+        copy_height, copy_width, sam_input_side
+    )
+    if min(input_width, input_height) < 1:
+        raise ImageError(
+            f"the {width}x{height} image is too narrow for this SAM model: it resizes the longer "
+            f"side to {sam_input_side} px, which makes the shorter side 0 px, so the longer side "
+            f"can be at most about {2 * sam_input_side} times the shorter; {fix}"
+        )
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a [h, w] bool mask to `size` (width, height) by nearest neighbour: [H, W] bool."""
+    if mask.shape == (size[1], size[0]):
+        return mask
+    resized = Image.fromarray(mask).resize(size, Image.Resampling.NEAREST)
+    return np.array(resized, dtype=bool)  # a writable copy, as SAM's own masks are
 
 
 def _check_image(image: np.ndarray) -> None:
@@ -129,7 +216,9 @@ def _mask_generator(sam: Sam, config: SegmentConfig) -> SamAutomaticMaskGenerato
             f"`min_mask_region_area` {config.min_mask_region_area} needs OpenCV; "
             "install `opencv-python-headless` or set it to 0"
         )
-    return SamAutomaticMaskGenerator(sam, output_mode="binary_mask", **asdict(config))
+    arguments = asdict(config)
+    del arguments["max_side"]  # samedit's own setting, applied in `generate_segments`
+    return SamAutomaticMaskGenerator(sam, output_mode="binary_mask", **arguments)
 
 
 def mask_to_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:

@@ -20,6 +20,7 @@ from transformers import CLIPModel, CLIPProcessor
 
 from sam_edit import report
 from sam_edit.errors import ModelNotCachedError, SameditError
+from sam_edit import metrics as metrics_module
 from sam_edit.metrics import (
     DEFAULT_METRICS,
     METRIC_NAMES,
@@ -27,6 +28,7 @@ from sam_edit.metrics import (
     ScoreModels,
     count_scores,
     dino_self_similarity,
+    empty_region_warning,
     load_score_models,
     mean_scores,
     score_pair,
@@ -307,6 +309,155 @@ def test_subset_without_models(photos, mask):
     assert list(scores) == ["ssim_unedit_part", "psnr_unedit_part"]
 
 
+# Small and large images ----------------------------------------------------------------------
+
+
+def test_small_images_rejected_with_minimum():
+    source = np.ascontiguousarray(data.chelsea()[:5, :7])
+    edited = np.ascontiguousarray(data.coffee()[:5, :7])
+    mask = np.zeros((5, 7), bool)
+    metrics = ("mse_unedit_part", "ssim_unedit_part")
+
+    with pytest.raises(SameditError) as raised:
+        score_pair(ScoreModels(), source, edited, mask, "a cat", metrics=metrics)
+
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "7x5" in message
+    assert "SSIM needs at least 11x11 px" in message
+    assert "leave ssim_unedit_part out of `--metrics`" in message
+
+
+def test_small_images_name_every_family(models):
+    image = np.zeros((12, 40, 3), np.uint8)
+    mask = np.zeros((12, 40), bool)
+
+    with pytest.raises(SameditError) as raised:
+        score_pair(models, image, image, mask, "a cat", metrics=DEFAULT_METRICS)
+
+    message = str(raised.value)
+    assert "40x12" in message
+    assert "LPIPS needs at least 17x17 px" in message
+    assert "SSIM" not in message  # 12 px is enough for SSIM
+    assert "lpips_unedit_part" in message
+
+
+def test_smallest_accepted_sizes(models):
+    cat = data.chelsea()
+    for side, metric in ((11, "ssim_unedit_part"), (17, "lpips_unedit_part")):
+        image = np.ascontiguousarray(cat[:side, :side])
+        scores = score_pair(models, image, image[::-1].copy(), np.zeros((side, side), bool), "a cat", metrics=(metric,))
+        assert math.isfinite(scores[metric]), metric
+
+
+@pytest.mark.parametrize("size", [(20, 3000), (3000, 20), (5, 1000)])
+def test_narrow_images_rejected_for_structure_distance(models, size):
+    image = np.zeros((*size, 3), np.uint8)
+
+    with pytest.raises(SameditError) as raised:
+        score_pair(models, image, image, np.zeros(size, bool), "a cat", metrics=("structure_distance", "mse"))
+
+    message = str(raised.value)
+    assert f"{size[1]}x{size[0]}" in message
+    assert "narrower than its 8 px patches" in message
+    assert "leave structure_distance out" in message
+
+
+@pytest.mark.parametrize("size", [(7, 5), (20, 1000), (300, 451), (512, 512)])
+def test_dino_input_size_matches_torchvision(size):
+    from torchvision.transforms import functional as TF
+
+    resized = TF.resize(torch.zeros(1, 3, *size), [224], max_size=480, antialias=False)
+    assert metrics_module.dino_input_size(size) == tuple(resized.shape[-2:])
+
+
+def test_mse_accepts_small_images():
+    image = np.ascontiguousarray(data.chelsea()[:5, :7])
+    scores = score_pair(ScoreModels(), image, image, np.zeros((5, 7), bool), "a cat", metrics=("mse_unedit_part",))
+    assert scores["mse_unedit_part"] == 0
+
+
+def record_calls(monkeypatch, module, name: str) -> list[tuple[int, int]]:
+    """Wrap `module.name` so that each call's input height and width are recorded."""
+    original = getattr(module, name)
+    sizes = []
+
+    def wrapper(preds, *args, **kwargs):
+        sizes.append(tuple(preds.shape[-2:]))
+        return original(preds, *args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+    return sizes
+
+
+def test_ssim_in_bands_matches_one_pass(photos, mask, monkeypatch):
+    import torchmetrics.functional.image as image_metrics
+
+    source, edited = photos
+    metrics = ("ssim_unedit_part", "ssim")
+    one_pass = score_pair(ScoreModels(), source, edited, mask, "a cat", metrics=metrics)
+    monkeypatch.setattr(metrics_module, "PIECE_PIXELS", 40 * 128)
+    sizes = record_calls(monkeypatch, image_metrics, "structural_similarity_index_measure")
+
+    banded = score_pair(ScoreModels(), source, edited, mask, "a cat", metrics=metrics)
+
+    assert len(sizes) > 2 * 2  # several bands per metric
+    assert all(height * width <= 40 * 128 for height, width in sizes)
+    for name in metrics:
+        assert banded[name] == pytest.approx(one_pass[name], rel=1e-6, abs=1e-7), name
+
+
+def test_lpips_in_tiles_weights_tile_scores(models, photos, monkeypatch):
+    source, edited = photos
+    weights = np.ones((128, 128), np.float32)
+    monkeypatch.setattr(metrics_module, "PIECE_PIXELS", 64 * 64)
+
+    tiled = score_pair(models, source, edited, np.zeros((128, 128), bool), "a cat", metrics=("lpips",))
+
+    tiles = []
+    for rows in (slice(0, 64), slice(64, 128)):
+        for columns in (slice(0, 64), slice(64, 128)):
+            pair = [torch.from_numpy(masked(image[rows, columns], weights[rows, columns])).permute(2, 0, 1)[None]
+                    for image in (source, edited)]
+            tiles.append(float(models.lpips(pair[0] * 2 - 1, pair[1] * 2 - 1).mean()))
+    assert tiled["lpips"] == pytest.approx(np.mean(tiles), rel=1e-6)
+
+
+def test_512_scores_are_one_pass(models, photos_512):
+    # PIE-Bench's size is scored by the plain torchmetrics calls, so its numbers are unchanged.
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    source, edited = photos_512
+    weights = np.ones((512, 512), np.float32)
+    preds, target = (torch.from_numpy(masked(image, weights)).permute(2, 0, 1)[None] for image in (source, edited))
+    _, ssim_map = structural_similarity_index_measure(preds, target, data_range=1.0, return_full_image=True)
+    expected_ssim = float(ssim_map[..., 5:-5, 5:-5].mean())
+    expected_lpips = float(models.lpips(preds * 2 - 1, target * 2 - 1).mean())
+
+    scores = score_pair(models, source, edited, np.zeros((512, 512), bool), "a cat", metrics=("ssim", "lpips"))
+
+    assert scores["ssim"] == expected_ssim
+    assert scores["lpips"] == expected_lpips
+
+
+def test_empty_region_warning_names_nan_metrics():
+    full, empty, part = np.ones((4, 4), bool), np.zeros((4, 4), bool), np.eye(4, dtype=bool)
+
+    background = empty_region_warning(full, DEFAULT_METRICS)
+    edit_region = empty_region_warning(empty, ("mse_edit_part", "clip_similarity_target_image_edit_part", "mse"))
+
+    assert background == (
+        "the edit mask covers the whole image, so there is no background and psnr_unedit_part, "
+        "lpips_unedit_part, mse_unedit_part, ssim_unedit_part are NaN, as in the PIE-Bench evaluation"
+    )
+    assert edit_region == (
+        "the edit mask is empty, so mse_edit_part, clip_similarity_target_image_edit_part are NaN, "
+        "as in the PIE-Bench evaluation"
+    )
+    assert empty_region_warning(part, DEFAULT_METRICS) is None
+    assert empty_region_warning(full, ("mse_edit_part", "psnr")) is None
+
+
 # Aggregation ---------------------------------------------------------------------------------
 
 
@@ -363,8 +514,8 @@ def test_json_is_strict():
     text = json.dumps(record, allow_nan=False)
     loaded = json.loads(text)
     assert loaded["images"][1]["psnr_unedit_part"] is None
-    assert loaded["images"][3]["psnr_unedit_part"] == "inf"
-    assert loaded["mean"]["psnr_unedit_part"] == "inf"
+    assert loaded["images"][3]["psnr_unedit_part"] is None  # +inf
+    assert loaded["mean"]["psnr_unedit_part"] is None
     assert loaded["count"] == {"psnr_unedit_part": 3, "lpips_unedit_part": 3}
     assert loaded["scale_factors"]["lpips_unedit_part"] == 1000.0
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
-from segment_anything import sam_model_registry
+from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
 from segment_anything.utils import amg
 from skimage import data
 
+from sam_edit import artifacts
 from sam_edit.errors import ImageError, SameditError, SegmentationError, StageFileError
+from sam_edit.images import load_image
 from sam_edit.models.configs import SAM_CONFIGS
 from sam_edit.models.sam import build_sam, load_sam, save_sam
 from sam_edit.segment import (
@@ -19,7 +23,9 @@ from sam_edit.segment import (
     colour_composite,
     generate_segments,
     mask_to_rle,
+    resize_mask,
     rle_to_mask,
+    sam_image_size,
     segment_colours,
 )
 
@@ -295,6 +301,123 @@ def test_generate_segments_rejects_non_rgb(tiny_sam, image):
 def test_generate_segments_rejects_zero_points(tiny_sam):
     with pytest.raises(SameditError, match="points_per_side"):
         generate_segments(tiny_sam, data.chelsea(), SegmentConfig(points_per_side=0))
+
+
+# large and narrow images
+
+
+def resized_chelsea(size: tuple[int, int]) -> np.ndarray:
+    return np.asarray(Image.fromarray(data.chelsea()).resize(size, Image.Resampling.BILINEAR))
+
+
+@pytest.mark.parametrize(
+    "size, max_side, expected",
+    [
+        ((4000, 3000), 1024, (1024, 768)),
+        ((3000, 4000), 1024, (768, 1024)),
+        ((451, 300), 1024, (451, 300)),
+        ((1024, 10), 1024, (1024, 10)),
+        ((3000, 20), 1024, (1024, 7)),
+        ((900, 600), 150, (150, 100)),
+    ],
+)
+def test_sam_image_size_bounds_longer_side(size, max_side, expected):
+    assert sam_image_size(size, max_side) == expected
+
+
+def test_default_max_side_is_sam_input():
+    assert SegmentConfig().max_side == 1024
+    assert TINY_SEGMENT_CONFIG.max_side == 1024
+
+
+@pytest.fixture(scope="module")
+def large_image() -> np.ndarray:
+    return resized_chelsea((900, 600))
+
+
+@pytest.fixture(scope="module")
+def bounded_config():
+    return dataclasses.replace(TINY_SEGMENT_CONFIG, max_side=150)
+
+
+def test_large_image_segmented_as_bounded_copy(tiny_sam, large_image, bounded_config, monkeypatch):
+    seen_shapes = []
+    original = SamAutomaticMaskGenerator.generate
+
+    def spy(generator, image):
+        seen_shapes.append(image.shape)
+        return original(generator, image)
+
+    monkeypatch.setattr(SamAutomaticMaskGenerator, "generate", spy)
+    segments = generate_segments(tiny_sam, large_image, bounded_config)
+
+    assert seen_shapes == [(100, 150, 3)]
+    assert len(segments) >= 2
+    areas = [segment.area for segment in segments]
+    assert areas == sorted(areas, reverse=True)
+    for segment in segments:
+        assert segment.mask.shape == (600, 900)
+        assert segment.area == segment.mask.sum() > 0
+        assert segment.bbox == tight_box(segment.mask)
+
+
+def test_large_image_masks_are_copy_masks_resized(tiny_sam, large_image, bounded_config):
+    copy = np.asarray(Image.fromarray(large_image).resize((150, 100), Image.Resampling.BILINEAR))
+
+    segments = generate_segments(tiny_sam, large_image, bounded_config)
+    copy_segments = generate_segments(tiny_sam, copy, bounded_config)
+
+    resized = sorted(resize_mask(segment.mask, (900, 600)).tobytes() for segment in copy_segments)
+    assert sorted(segment.mask.tobytes() for segment in segments) == resized
+
+
+def test_large_image_masks_file_round_trip(tiny_sam, large_image, bounded_config, tmp_path):
+    image_path = tmp_path / "large.png"
+    Image.fromarray(large_image).save(image_path)
+    loaded = load_image(image_path)
+    segments = generate_segments(tiny_sam, large_image, bounded_config)
+    masks_path = tmp_path / "large.masks.json"
+
+    artifacts.write_masks(masks_path, loaded, segments, {"sam": "tiny"}, {})
+    read_back, _ = artifacts.read_masks(masks_path, loaded)
+
+    assert len(read_back) == len(segments)
+    for written, read in zip(segments, read_back):
+        np.testing.assert_array_equal(read.mask, written.mask)
+    assert colour_composite(read_back).size == (900, 600)
+
+
+@pytest.mark.parametrize("size", [(3000, 20), (20, 3000), (260, 2)])
+def test_narrow_image_rejected_for_tiny_sam(tiny_sam, size):
+    # The tiny SAM resizes its input to 64 px, so the longer side may be about 128 times the shorter.
+    with pytest.raises(ImageError) as raised:
+        generate_segments(tiny_sam, resized_chelsea(size), TINY_SEGMENT_CONFIG)
+
+    message = str(raised.value)
+    assert "\n" not in message
+    assert f"{size[0]}x{size[1]}" in message
+    assert "at most about 128 times the shorter" in message
+
+
+def test_narrowest_image_accepted_for_tiny_sam(tiny_sam):
+    segments = generate_segments(tiny_sam, resized_chelsea((256, 2)), TINY_SEGMENT_CONFIG)
+
+    assert segments
+    assert segments[0].mask.shape == (2, 256)
+
+
+@pytest.mark.parametrize(
+    "size, message",
+    [
+        ((1, 1), "each side must be at least 2 px"),
+        ((300, 1), "each side must be at least 2 px"),
+        ((4000, 3), "scaled to a longer side of 1024 px it is 1024x1"),
+    ],
+)
+def test_one_pixel_side_rejected(tiny_sam, size, message):
+    image = np.zeros((size[1], size[0], 3), dtype=np.uint8)
+    with pytest.raises(ImageError, match=message):
+        generate_segments(tiny_sam, image, TINY_SEGMENT_CONFIG)
 
 
 # colour composite
