@@ -143,10 +143,11 @@ def plan_profile(device: torch.device, free_bytes: int, total_bytes: int) -> Mem
 
 
 def sam_points_per_batch(batch_bytes: int, width: int, height: int) -> int:
-    """Return how many SAM point prompts fit in `batch_bytes` for a `width` x `height` photo.
+    """Return how many SAM point prompts fit in `batch_bytes` for a `width` x `height` SAM input.
 
+    The input is the copy of the photo that SAM segments (at most 1024 px on its longer side).
     segment-anything's automatic mask generator turns each point into 3 float32 mask logits
-    at 1024 x 1024 and then at the photo's size, and thresholds and run-length encodes them
+    at 1024 x 1024 and then at the input's size, and thresholds and run-length encodes them
     there (a bool mask, int16 sums and a shifted copy): about 3 x (4 x 1024^2 + 8 x W x H)
     bytes per point at its peak.
     """

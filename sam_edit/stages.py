@@ -30,7 +30,9 @@ from sam_edit.models import loaders
 from sam_edit.models.registry import DEFAULT_SAM
 from sam_edit.rank import RankConfig, choose_segments, draw_preview, edit_mask, score_segments
 from sam_edit.runtime import Runtime, sam_points_per_batch
-from sam_edit.segment import TINY_SEGMENT_CONFIG, Segment, SegmentConfig, colour_composite, generate_segments
+from sam_edit.segment import (
+    TINY_SEGMENT_CONFIG, Segment, SegmentConfig, colour_composite, generate_segments, sam_image_size,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +92,8 @@ def load_model(context: Context, key: tuple[str, ...], load: Callable[[], object
 def segment_config(context: Context, image_size: tuple[int, int] | None = None) -> SegmentConfig:
     """SAM settings for the model set, with `points_per_batch` cut to the memory profile's budget.
 
-    `image_size` is the photo's (width, height); SAM's masks are that size.
+    `image_size` is the photo's (width, height). SAM runs on a copy bounded by the config's
+    `max_side`, and its masks are the copy's size until they are resized back.
     """
     if context.model_set == "tiny":
         config = TINY_SEGMENT_CONFIG
@@ -102,7 +105,7 @@ def segment_config(context: Context, image_size: tuple[int, int] | None = None) 
     profile = context.runtime.profile
     if profile is None or image_size is None:
         return config
-    fitted = sam_points_per_batch(profile.sam_batch_bytes, *image_size)
+    fitted = sam_points_per_batch(profile.sam_batch_bytes, *sam_image_size(image_size, config.max_side))
     return dataclasses.replace(config, points_per_batch=min(config.points_per_batch, fitted))
 
 

@@ -132,8 +132,11 @@ def test_segment_config_takes_profile_batch():
     runtime = resolve_runtime("cpu", memory=(8 * GIB, 8 * GIB))
     context = stages.Context(runtime=runtime)
     assert stages.segment_config(context, (512, 512)).points_per_batch == 64
-    fitted = stages.segment_config(context, (4000, 3000)).points_per_batch
-    assert fitted == sam_points_per_batch(runtime.profile.sam_batch_bytes, 4000, 3000) < 64
+    # SAM segments a copy of at most 1024 px, so the batch is sized for 1024x768, not 4000x3000.
+    small = resolve_runtime("cpu", memory=(3 * GIB, 3 * GIB))
+    fitted = stages.segment_config(replace(context, runtime=small), (4000, 3000)).points_per_batch
+    assert fitted == sam_points_per_batch(small.profile.sam_batch_bytes, 1024, 768)
+    assert fitted < 64
     assert stages.segment_config(replace(context, runtime=CPU), (4000, 3000)).points_per_batch == 64
 
 
