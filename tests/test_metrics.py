@@ -21,6 +21,7 @@ from transformers import CLIPModel, CLIPProcessor
 from sam_edit import report
 from sam_edit.errors import ModelNotCachedError, SameditError
 from sam_edit import metrics as metrics_module
+from sam_edit import pixel_metrics
 from sam_edit.metrics import (
     DEFAULT_METRICS,
     METRIC_NAMES,
@@ -396,7 +397,7 @@ def test_ssim_in_bands_matches_one_pass(photos, mask, monkeypatch):
     source, edited = photos
     metrics = ("ssim_unedit_part", "ssim")
     one_pass = score_pair(ScoreModels(), source, edited, mask, "a cat", metrics=metrics)
-    monkeypatch.setattr(metrics_module, "PIECE_PIXELS", 40 * 128)
+    monkeypatch.setattr(pixel_metrics, "PIECE_PIXELS", 40 * 128)
     sizes = record_calls(monkeypatch, image_metrics, "structural_similarity_index_measure")
 
     banded = score_pair(ScoreModels(), source, edited, mask, "a cat", metrics=metrics)
@@ -410,7 +411,7 @@ def test_ssim_in_bands_matches_one_pass(photos, mask, monkeypatch):
 def test_lpips_in_tiles_weights_tile_scores(models, photos, monkeypatch):
     source, edited = photos
     weights = np.ones((128, 128), np.float32)
-    monkeypatch.setattr(metrics_module, "PIECE_PIXELS", 64 * 64)
+    monkeypatch.setattr(pixel_metrics, "PIECE_PIXELS", 64 * 64)
 
     tiled = score_pair(models, source, edited, np.zeros((128, 128), bool), "a cat", metrics=("lpips",))
 
