@@ -116,12 +116,12 @@ def test_output_may_not_be_the_input(run, chelsea_path):
         (["--from", "cat", "--to", "tiger", "--method", "magic"], "valid methods"),
         (["--from", "cat", "--to", "tiger", "--steps", "0"], "`--steps` must be from 1 to 1000"),
         (["--from", "cat", "--to", "tiger", "--steps", "1001"], "`--steps` must be from 1 to 1000"),
-        (["--from", "cat", "--to", "tiger", "--max-side", "100"], "`--max-side` must be a multiple of 8"),
+        (["--from", "cat", "--to", "tiger", "--max-side", "100"], "100 is not a multiple of 8"),
     ],
 )
 def test_bad_edit_arguments(run, chelsea_path, tmp_path, args, message):
     result = run("edit", chelsea_path, *args, "-o", tmp_path / "x.png", "--models", "tiny")
-    assert result.exit_code in (1, 2)
+    assert result.exit_code == 2
     assert message in result.stderr
 
 
@@ -151,8 +151,8 @@ def test_outputs_follow_umask(run, chelsea_path, tmp_path):
 
 def test_output_must_be_png(run, chelsea_path, tmp_path):
     result = run("edit", chelsea_path, "--from", "cat", "--to", "tiger", "-o", tmp_path / "out.jpg", *FAST)
-    assert result.exit_code == 1
-    assert "must end in .png" in one_line_error(result)
+    assert result.exit_code == 2
+    assert "must end in .png" in result.stderr
 
 
 def test_folder_as_image(run, tmp_path):

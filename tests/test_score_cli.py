@@ -79,7 +79,7 @@ def test_identical_pair_scores_perfect(run, chelsea_path, tmp_path):
     assert scores["lpips_unedit_part"] == 0
     assert scores["mse_unedit_part"] == 0
     assert scores["ssim_unedit_part"] == pytest.approx(1.0, abs=1e-6)
-    assert scores["psnr_unedit_part"] == "inf"
+    assert scores["psnr_unedit_part"] is None  # +inf: strict JSON has no infinity
     for name in ("clip_similarity_source_image", "clip_similarity_target_image", "clip_similarity_target_image_edit_part"):
         assert scores[name] >= 0
 
@@ -131,6 +131,72 @@ def test_whole_image_mask_gives_null_background(run, chelsea_path, tmp_path):
     assert scores["mse_unedit_part"] is None  # NaN in JSON
     assert scores["mse_edit_part"] == 0
     assert json.loads(result.stdout)["methods"][0]["count"]["mse_unedit_part"] == 0
+
+
+def warnings_in(stderr: str) -> list[str]:
+    """The WARNING records on stderr, each with rich's line wrapping undone."""
+    records: list[list[str]] = []
+    in_record = False
+    for line in stderr.splitlines():
+        if line.startswith("WARNING"):
+            records.append([line.removeprefix("WARNING")])
+            in_record = True
+        elif in_record and line.startswith(" "):
+            records[-1].append(line)  # rich indents the continuation of a wrapped record
+        else:
+            in_record = False
+    return [" ".join(" ".join(lines).split()) for lines in records]
+
+
+def test_whole_image_mask_warns_once(run, chelsea_path, tmp_path):
+    edited = tmp_path / "edited.png"
+    Image.fromarray(data.coffee()[:300, :451]).save(edited)
+    mask = save_mask(np.ones((300, 451), dtype=bool), tmp_path / "all.png")
+    csv_path = tmp_path / "scores.csv"
+
+    result = run("score", chelsea_path, edited, "--mask", mask, "--metrics", CHEAP, "--csv", csv_path)
+
+    assert result.exit_code == 0, result.output
+    assert warnings_in(result.stderr) == [
+        "edited.png: the edit mask covers the whole image, so there is no background and mse_unedit_part, "
+        "ssim_unedit_part, psnr_unedit_part are NaN, as in the PIE-Bench evaluation"
+    ]
+    table_row = next(line for line in result.stdout.splitlines() if "edited.png" in line)
+    assert table_row.count("nan") == 3
+    rows = list(csv.DictReader(csv_path.open()))
+    assert rows[0]["mse_unedit_part"] == "nan"
+    assert float(rows[0]["mse_edit_part"]) > 0
+
+
+def test_json_writes_null_for_infinity(run, chelsea_path, tmp_path):
+    edited = tmp_path / "edited.png"
+    Image.fromarray(changed_inside(data.chelsea(), box(300, 451))).save(edited)
+    mask = save_mask(box(300, 451), tmp_path / "mask.png")
+    csv_path = tmp_path / "scores.csv"
+
+    result = run("score", chelsea_path, edited, "--mask", mask, "--metrics", CHEAP, "--json", "--csv", csv_path)
+
+    assert result.exit_code == 0, result.output
+    assert "inf" not in result.stdout.lower()
+    assert "nan" not in result.stdout.lower()
+    assert means(result)["psnr_unedit_part"] is None  # +inf: the background is unchanged
+    rows = list(csv.DictReader(csv_path.open()))
+    assert rows[0]["psnr_unedit_part"] == "inf"
+
+
+def test_tiny_images_one_line_error(run, tmp_path):
+    source, edited = tmp_path / "a.png", tmp_path / "b.png"
+    Image.fromarray(data.chelsea()[:5, :7]).save(source)
+    Image.fromarray(data.coffee()[:5, :7]).save(edited)
+    mask = save_mask(box(5, 7), tmp_path / "mask.png")
+
+    result = run("score", source, edited, "--mask", mask, "--metrics", CHEAP)
+
+    assert result.exit_code == 1
+    line = one_line_error(result)
+    assert "7x5" in line
+    assert "SSIM needs at least 11x11 px" in line
+    assert "ssim_unedit_part" in line
 
 
 # Folders ---------------------------------------------------------------------------------------

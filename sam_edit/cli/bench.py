@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from sam_edit import bench as runner
-from sam_edit import scoring, stages
 from sam_edit.cli import common
 from sam_edit.cli.score import (
     CsvPath,
@@ -18,16 +16,20 @@ from sam_edit.cli.score import (
     Metrics,
     PlotPath,
     Types,
-    check_outputs,
     item_progress,
     load_models,
     show_results,
     split_types,
 )
 from sam_edit.errors import SameditError
-from sam_edit.models.loaders import model_set_from_env
-from sam_edit.piebench import find_mapping_file, read_mapping
-from sam_edit.runtime import resolve_runtime
+from sam_edit.models.registry import DEFAULT_SAM
+
+if TYPE_CHECKING:
+    from sam_edit import bench as runner
+
+# PnP Inversion's seed for every PIE-Bench edit; equal to `sam_edit.bench.DEFAULT_SEED`, which
+# a test checks. It is repeated here because that module imports torch.
+DEFAULT_SEED = 1234
 
 
 def print_summary(summary: runner.BenchSummary, shard: runner.Shard) -> None:
@@ -53,7 +55,7 @@ def bench(
     use_gt_mask: Annotated[bool, typer.Option("--use-gt-mask", help="Edit with PIE-Bench's ground-truth mask instead of SAM + CLIP. Background metrics then become close to trivial; tables mark such runs with †.", rich_help_panel="PIE-Bench")] = False,
     steps: Annotated[int | None, typer.Option("--steps", help="DDIM steps; default: each method's own (50; 20 for everything).", show_default=False)] = None,
     max_side: common.MaxSide = 512,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed of every edit (PnP Inversion uses 1234).")] = runner.DEFAULT_SEED,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed of every edit (PnP Inversion uses 1234).")] = DEFAULT_SEED,
     score: Annotated[bool, typer.Option("--score/--no-score", help="Score the edits at the end and print the comparison table.", rich_help_panel="Metrics")] = True,
     metrics: Metrics = None,
     dino_fixed: DinoFixed = False,
@@ -63,7 +65,7 @@ def bench(
     dtype: common.Dtype = "auto",
     offload: common.Offload = "auto",
     models: common.Models = None,
-    sam_model: common.SamModel = stages.DEFAULT_SAM,
+    sam_model: common.SamModel = DEFAULT_SAM,
     progress: common.ProgressMode = "auto",
     overwrite: common.Overwrite = False,
     json_output: common.JsonOutput = False,
@@ -85,22 +87,27 @@ def bench(
 
         accelerate launch --multi_gpu --num_processes 4 -m sam_edit bench --pie-bench PIE-Bench/ --methods pnp --out runs/
     """
+    from sam_edit import bench as runner
+    from sam_edit import scoring
+    from sam_edit.piebench import find_mapping_file, read_mapping
+
+    run = common.RunOptions(device, dtype, offload, models, sam_model, progress, quiet)
     config = runner.BenchConfig(runner.check_methods(methods.split(",")), steps, max_side, seed, use_gt_mask)
     metric_names = scoring.parse_metrics(metrics)
-    check_outputs((csv_path, plot), overwrite)
+    common.check_outputs((csv_path, plot), overwrite)
     entries = read_mapping(pie_bench, split_types(types), limit)
 
     # 1. Which entries this process edits, and on which device.
     explicit_shard = runner.parse_shard(shard) if shard else None
-    runtime = runner.process_runtime(resolve_runtime(device, dtype, offload))
+    runtime = runner.process_runtime(run.runtime())
     launched_shard = None if explicit_shard else runner.join_launch()
     this_shard = explicit_shard or launched_shard or runner.Shard()
-    context = stages.Context(runtime=runtime, model_set=model_set_from_env(models), sam_model=sam_model)
+    context = run.make_context(runtime=runtime)
     runner.update_manifest(out, config, context, find_mapping_file(pie_bench))
 
     # 2. Edit.
     selected = this_shard.select(entries)
-    show = common.show_progress(progress, quiet)
+    show = run.show_progress
     with item_progress(show, "editing", len(selected) * len(config.methods)) as advance:
         summary = runner.run_bench(selected, out, config, context, (lambda event: advance()) if advance else None)
     print_summary(summary, this_shard)

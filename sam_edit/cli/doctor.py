@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import platform
 from importlib import metadata
-
-import torch
+from typing import TYPE_CHECKING
 
 from sam_edit import __version__
 from sam_edit.cli import common
 from sam_edit.cli.models import status
-from sam_edit.models import loaders, store
 from sam_edit.models.registry import MODELS
-from sam_edit.runtime import GIB, Runtime, dtype_name, resolve_runtime, sam_points_per_batch
+
+if TYPE_CHECKING:
+    from sam_edit.runtime import Runtime
 
 PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "segment-anything", "torchmetrics",
             "huggingface_hub", "accelerate", "typer")
@@ -30,6 +30,8 @@ def versions() -> dict:
 
 
 def device_report() -> dict:
+    import torch
+
     report = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if report["cuda"]:
         free, total = torch.cuda.mem_get_info()
@@ -39,6 +41,8 @@ def device_report() -> dict:
 
 def profile_report(runtime: Runtime) -> dict:
     """Return the memory profile the runtime picked, and why, as a JSON-ready dict."""
+    from sam_edit.runtime import GIB, dtype_name, sam_points_per_batch
+
     profile = runtime.profile
     if profile is None:
         return {}
@@ -65,8 +69,10 @@ def doctor(
     verbose: common.Verbose = False,
 ) -> None:
     """Print Python, package versions, devices, the memory profile samedit would pick and why, and the cache."""
-    runtime = resolve_runtime(device, dtype, offload)
-    model_set = loaders.model_set_from_env(models)
+    from sam_edit.models import store
+
+    run = common.RunOptions(device, dtype, offload, models)
+    runtime, model_set = run.runtime(), run.model_set()
     report = {
         "samedit": __version__,
         "python": platform.python_version(),

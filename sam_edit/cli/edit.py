@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from sam_edit import stages
 from sam_edit.cli import common
 from sam_edit.cli import edit_options as options
 from sam_edit.cli.rank import Pick, Select, rank_config
-from sam_edit.errors import SameditError
-from sam_edit.images import load_image, save_png
 from sam_edit.methods.registry import METHODS
-from sam_edit.methods.request import EditRequest
-from sam_edit.outputs import check_output
+from sam_edit.models.registry import DEFAULT_SAM
 
 # Options that only some methods read: EditRequest field -> flag.
 METHOD_FLAGS = {
@@ -80,13 +75,19 @@ def edit(
     dtype: common.Dtype = "auto",
     offload: common.Offload = "auto",
     models: common.Models = None,
-    sam_model: common.SamModel = stages.DEFAULT_SAM,
+    sam_model: common.SamModel = DEFAULT_SAM,
     progress: common.ProgressMode = "auto",
     overwrite: common.Overwrite = False,
     json_output: common.JsonOutput = False,
     quiet: common.Quiet = False,
     verbose: common.Verbose = False,
 ) -> None:
+    from sam_edit import stages
+    from sam_edit.images import load_image, save_png
+    from sam_edit.methods.request import EditRequest
+    from sam_edit.outputs import check_output
+
+    # 1. Check the flags: every error here exits 2.
     chosen_options = method_options(method, {
         "residual_weight": residual_weight, "reweight": reweight, "attention_mode": attention_mode,
         "control_scale": control_scale, "dilate": dilate, "instruction": instruction,
@@ -94,23 +95,24 @@ def edit(
     }, inversion)
     output = output or default_output(image, method)
     if output.suffix.lower() != ".png":
-        raise SameditError(f"output `{output}` must end in .png: samedit writes PNG with the settings inside")
-    output = check_output(output, overwrite, (image, masks, rank, mask, inversion))
-    request = EditRequest(
-        source_words=source_words, target_words=target_words, method=method, caption=prompt, num_steps=steps,
-        guidance_scale=guidance, cross_replace=cross_replace, self_replace=self_replace,
-        blend_threshold=blend_threshold, seed=seed, max_side=max_side, **chosen_options,
-    )
-    loaded = load_image(image)
+        raise typer.BadParameter(f"`{output}` must end in .png: samedit writes PNG with the settings inside",
+                                 param_hint="--output")
     source = stages.MaskSource(mask=mask, rank=rank, masks=masks, rank_config=rank_config(select, pick))
-    with common.progress_bars(common.show_progress(progress, quiet), request.num_steps) as callback:
-        context = common.make_context(device, dtype, offload, models, sam_model, callback)
+    run = common.RunOptions(device, dtype, offload, models, sam_model, progress, quiet)
+    with common.usage_errors():
+        request = EditRequest(
+            source_words=source_words, target_words=target_words, method=method, caption=prompt, num_steps=steps,
+            guidance_scale=guidance, cross_replace=cross_replace, self_replace=self_replace,
+            blend_threshold=blend_threshold, seed=seed, max_side=max_side, **chosen_options,
+        )
+
+    # 2. Check the files, then edit.
+    output = check_output(output, overwrite, (image, masks, rank, mask, inversion))
+    loaded = load_image(image)
+    with run.context_with_progress(request.num_steps) as context:
         edited, settings = stages.run_edit(loaded, request, context, source, inversion)
     save_png(edited, output, settings)
-    if json_output:
-        common.stdout.print(json.dumps({"output": str(output), "settings": settings}))
-    else:
-        common.stdout.print(str(output))
+    common.print_result(output, {"output": str(output), "settings": settings}, json_output)
 
 
 edit.__doc__ = f"""Edit IMAGE: change what --from names into --to and keep everything else.

@@ -10,15 +10,31 @@ from rich.table import Table
 
 from sam_edit.cli import common
 from sam_edit.errors import SameditError
-from sam_edit.models import loaders, store
 from sam_edit.models.registry import MODELS, get_spec
 
 app = typer.Typer(help="List, download and locate the models samedit uses.", no_args_is_help=True)
 
-Name = Annotated[str, typer.Argument(help="Model name as `samedit models list` shows it.", show_default=False)]
+
+def check_model_names(names: list[str] | None) -> list[str] | None:
+    """Reject a model name the registry does not know; `all`, given alone, means every model."""
+    if names and "all" in names and len(names) > 1:
+        raise typer.BadParameter("`all` already names every model; give it alone or list the names")
+    for name in names or ():
+        if name != "all" and name not in MODELS:
+            raise typer.BadParameter(f"unknown model {name!r}; known models: {', '.join(MODELS)}, or all")
+    return names
+
+
+def check_model_name(name: str | None) -> str | None:
+    if name is not None and name not in MODELS:
+        raise typer.BadParameter(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+    return name
 
 
 def status(name: str, model_set: str) -> dict:
+    """Return one `models list` row: where the model comes from and whether it is cached."""
+    from sam_edit.models import store
+
     spec = get_spec(name)
     if model_set == "tiny":
         path = store.cache_dir() / "tiny" / name
@@ -48,6 +64,8 @@ def list_models(
     verbose: common.Verbose = False,
 ) -> None:
     """Show every model with its source, pinned revision and cached or missing state."""
+    from sam_edit.models import loaders, store
+
     model_set = loaders.model_set_from_env(models)
     rows = [status(name, model_set) for name in MODELS]
     if json_output:
@@ -65,7 +83,7 @@ def list_models(
 @app.command("pull")
 @common.handle_errors
 def pull(
-    names: Annotated[list[str], typer.Argument(help="Model names, or `all`.", show_default=False)],
+    names: Annotated[list[str], typer.Argument(help="Model names, or `all`.", show_default=False, callback=check_model_names)],
     models: common.Models = None,
     quiet: common.Quiet = False,
     verbose: common.Verbose = False,
@@ -76,6 +94,8 @@ def pull(
 
         samedit models pull sd14 sam-vit-b clip-l14
     """
+    from sam_edit.models import loaders, store
+
     model_set = loaders.model_set_from_env(models)
     selected = list(MODELS) if names == ["all"] else names
     for name in selected:
@@ -89,12 +109,14 @@ def pull(
 @app.command("path")
 @common.handle_errors
 def path(
-    name: Annotated[str | None, typer.Argument(help="Model name; without it, the cache folder.", show_default=False)] = None,
+    name: Annotated[str | None, typer.Argument(help="Model name; without it, the cache folder.", show_default=False, callback=check_model_name)] = None,
     models: common.Models = None,
     quiet: common.Quiet = False,
     verbose: common.Verbose = False,
 ) -> None:
     """Print where a cached model lives, or the samedit cache folder."""
+    from sam_edit.models import loaders, store
+
     if name is None:
         common.stdout.print(str(store.cache_dir()))
         return

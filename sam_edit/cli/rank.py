@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from sam_edit import artifacts, stages
 from sam_edit.cli import common
-from sam_edit.images import load_image
-from sam_edit.models import loaders
-from sam_edit.outputs import atomic_path, check_output
-from sam_edit.rank import RankConfig
+from sam_edit.models.registry import DEFAULT_SAM
+
+if TYPE_CHECKING:
+    from sam_edit.rank import RankConfig
 
 Select = Annotated[str, typer.Option("--select", help="`best` (the top segment) or `all-above T` (every segment scoring at least T).")]
 Pick = Annotated[str | None, typer.Option("--pick", help="Comma-separated segment ids to edit, overriding the ranking.")]
@@ -21,6 +20,8 @@ Pick = Annotated[str | None, typer.Option("--pick", help="Comma-separated segmen
 
 def rank_config(select: str, pick: str | None) -> RankConfig:
     """Parse `--select best|all-above T` and `--pick ID[,ID]`."""
+    from sam_edit.rank import RankConfig
+
     parts = select.split()
     if parts == ["best"]:
         mode, threshold = "best", None
@@ -29,6 +30,8 @@ def rank_config(select: str, pick: str | None) -> RankConfig:
             mode, threshold = "all-above", float(parts[1])
         except ValueError:
             raise typer.BadParameter(f"threshold must be a number, got {parts[1]!r}", param_hint="--select") from None
+        if not math.isfinite(threshold):
+            raise typer.BadParameter(f"threshold must be a finite number, got {parts[1]!r}", param_hint="--select")
     else:
         raise typer.BadParameter(f"expected `best` or `all-above T`, got {select!r}", param_hint="--select")
     ids: tuple[int, ...] = ()
@@ -52,7 +55,7 @@ def rank(
     dtype: common.Dtype = "auto",
     offload: common.Offload = "auto",
     models: common.Models = None,
-    sam_model: common.SamModel = stages.DEFAULT_SAM,
+    sam_model: common.SamModel = DEFAULT_SAM,
     overwrite: common.Overwrite = False,
     json_output: common.JsonOutput = False,
     quiet: common.Quiet = False,
@@ -67,21 +70,24 @@ def rank(
 
         samedit rank photo.jpg --masks photo.masks.json --from cat -o photo.rank.json
     """
+    from sam_edit import artifacts, stages
+    from sam_edit.images import load_image
+    from sam_edit.models import loaders
+    from sam_edit.outputs import atomic_path
+
     config = rank_config(select, pick)
-    preview_path = output.with_suffix(".preview.png")
-    for path in (output, artifacts.ranking_mask_path(output), preview_path):
-        check_output(path, overwrite, (image, masks))
+    output, _, preview_path = common.check_outputs(
+        (output, artifacts.ranking_mask_path(output), output.with_suffix(".preview.png")), overwrite, (image, masks),
+    )
     loaded = load_image(image)
-    context = common.make_context(device, dtype, offload, models, sam_model)
+    context = common.RunOptions(device, dtype, offload, models, sam_model).make_context()
     segments, record = artifacts.read_masks(masks, loaded)
     artifacts.check_models(record.get("models", {}), {"sam": loaders.model_id(sam_model, context.model_set)}, masks)
     ranking, model_ids, settings = stages.rank(loaded, segments, phrase, context, config)
     mask_png = artifacts.write_ranking(output, loaded, ranking, model_ids | record.get("models", {}), settings)
     with atomic_path(preview_path) as temporary:
         stages.preview(loaded, segments, ranking).save(temporary, format="PNG")
-    if json_output:
-        top = sorted(ranking.scores.items(), key=lambda item: -item[1])[:5]
-        common.stdout.print(json.dumps({"ranking": str(output), "mask": str(mask_png), "preview": str(preview_path),
-                                        "chosen": list(ranking.chosen), "top": [{"id": i, "score": s} for i, s in top]}))
-    else:
-        common.stdout.print(str(output))
+    top = sorted(ranking.scores.items(), key=lambda item: -item[1])[:5]
+    common.print_result(output, {"ranking": str(output), "mask": str(mask_png), "preview": str(preview_path),
+                                 "chosen": list(ranking.chosen), "top": [{"id": i, "score": s} for i, s in top]},
+                        json_output)

@@ -1,4 +1,8 @@
-"""`samedit score`: PIE-Bench metrics of one edit, a folder of edits, or PIE-Bench outputs."""
+"""`samedit score`: PIE-Bench metrics of one edit, a folder of edits, or PIE-Bench outputs.
+
+The scoring modules import torch, so they are imported inside the functions that use them,
+and `samedit --help` does not load them.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +10,19 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from sam_edit import report, scoring
 from sam_edit.cli import common
-from sam_edit.metrics import ScoreModels, mean_scores
-from sam_edit.models import loaders
 from sam_edit.outputs import check_output
-from sam_edit.piebench import EDITING_TYPE_NAMES, read_mapping
-from sam_edit.runtime import resolve_runtime
+
+if TYPE_CHECKING:
+    from sam_edit.metrics import ScoreModels
+    from sam_edit.scoring import MethodScores
 
 Metrics = Annotated[str | None, typer.Option("--metrics", help="Comma-separated metrics; default: the 8 of the PIE-Bench evaluation (structure_distance, psnr/lpips/mse/ssim_unedit_part, clip_similarity_source_image, clip_similarity_target_image, clip_similarity_target_image_edit_part). Whole-image (psnr) and edit-region (psnr_edit_part) variants exist too.", rich_help_panel="Metrics")]
 DinoFixed = Annotated[bool, typer.Option("--dino-fixed", help="Divide pixels by 255 before DINO's normalisation. The PIE-Bench evaluation does not, so fixed structure distances do not compare with published ones.", rich_help_panel="Metrics")]
@@ -62,7 +65,7 @@ def print_table(table: Table) -> None:
 
 
 def show_results(
-    results: Sequence[scoring.MethodScores],
+    results: Sequence[MethodScores],
     metrics: Sequence[str],
     json_output: bool,
     csv_path: Path | None,
@@ -71,6 +74,10 @@ def show_results(
     extra: dict | None = None,
 ) -> None:
     """Print the tables (or the JSON record) on stdout and write the CSV and the plot."""
+    from sam_edit import report
+    from sam_edit.metrics import mean_scores
+    from sam_edit.piebench import EDITING_TYPE_NAMES
+
     if csv_path is not None:
         report.write_results_csv(csv_path, results, metrics)
         common.stderr.print(f"CSV: {csv_path}", markup=False, highlight=False)
@@ -98,6 +105,10 @@ def show_results(
 
 def load_models(metrics: Sequence[str], device: str, models: str | None) -> ScoreModels:
     """Load the metric models that `metrics` need (none for PSNR, MSE and SSIM)."""
+    from sam_edit.models import loaders
+    from sam_edit.runtime import resolve_runtime
+
+    common.disable_library_progress_bars()
     return loaders.load_score_models(loaders.model_set_from_env(models), resolve_runtime(device), tuple(metrics))
 
 
@@ -172,6 +183,9 @@ def score(
 
         samedit score --pie-bench PIE-Bench/ --outputs runs/ --csv pie.csv --plot pie.png
     """
+    from sam_edit import scoring
+    from sam_edit.piebench import read_mapping
+
     mode = check_mode(source, edited, pie_bench, outputs, mask, masks_dir, (prompt, source_prompt), types, limit)
     metric_names = scoring.parse_metrics(metrics)
     check_outputs((csv_path, plot), overwrite)

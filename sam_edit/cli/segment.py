@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from sam_edit import artifacts
 from sam_edit.cli import common
-from sam_edit.images import load_image
-from sam_edit.outputs import atomic_path, check_output
-from sam_edit.segment import colour_composite
-from sam_edit import stages
+from sam_edit.models.registry import DEFAULT_SAM
 
 
 def composite_path(masks_path: Path) -> Path:
@@ -28,7 +23,7 @@ def segment(
     dtype: common.Dtype = "auto",
     offload: common.Offload = "auto",
     models: common.Models = None,
-    sam_model: common.SamModel = stages.DEFAULT_SAM,
+    sam_model: common.SamModel = DEFAULT_SAM,
     overwrite: common.Overwrite = False,
     json_output: common.JsonOutput = False,
     quiet: common.Quiet = False,
@@ -42,17 +37,17 @@ def segment(
 
         samedit segment photo.jpg -o photo.masks.json
     """
-    composite = composite_path(output)
-    output = check_output(output, overwrite, (image,))
-    check_output(composite, overwrite, (image,))
+    from sam_edit import artifacts, stages
+    from sam_edit.images import load_image
+    from sam_edit.outputs import atomic_path
+    from sam_edit.segment import colour_composite
+
+    output, composite = common.check_outputs((output, composite_path(output)), overwrite, (image,))
     loaded = load_image(image)
-    context = common.make_context(device, dtype, offload, models, sam_model)
+    context = common.RunOptions(device, dtype, offload, models, sam_model).make_context()
     segments, model_ids, settings = stages.segment(loaded, context)
     artifacts.write_masks(output, loaded, segments, model_ids, settings)
     with atomic_path(composite) as temporary:
         colour_composite(segments).save(temporary, format="PNG")
-    if json_output:
-        record = {"masks": str(output), "composite": str(composite), "segments": len(segments)}
-        common.stdout.print(json.dumps(record))
-    else:
-        common.stdout.print(str(output))
+    record = {"masks": str(output), "composite": str(composite), "segments": len(segments)}
+    common.print_result(output, record, json_output)
