@@ -5,8 +5,10 @@ import dataclasses
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
 from sam_edit import stages
+from sam_edit.cli.app import app
 from sam_edit.errors import StageFileError
 from sam_edit.images import load_image, save_png
 from sam_edit.methods.request import EditRequest
@@ -100,3 +102,48 @@ def test_replay_accepts_reencoded_input(chelsea, mask_png, tiny, tmp_path):
     chelsea.image.save(copy, compress_level=1)
 
     assert read_replay(tmp_path / "out.png", load_image(copy)).request.method == "p2p"
+
+
+# samedit edit --replay ---------------------------------------------------------------------------
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(arg) for arg in args], prog_name="samedit")
+
+
+def test_cli_replay_same_pixels(chelsea_path, mask_png, tmp_path):
+    first = invoke("edit", chelsea_path, "--from", "cat", "--to", "tiger", "--method", "iclight", "--mask", mask_png,
+                   "--models", "tiny", "--steps", "2", "--max-side", "64", "-o", tmp_path / "out.png")
+    assert first.exit_code == 0, first.output
+
+    again = invoke("edit", chelsea_path, "--replay", tmp_path / "out.png", "-o", tmp_path / "again.png")
+
+    assert again.exit_code == 0, again.output
+    assert again.stdout.strip() == str(tmp_path / "again.png")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "again.png")), np.asarray(Image.open(tmp_path / "out.png")))
+
+
+def test_cli_replay_rejects_edit_flags(chelsea_path, tmp_path):
+    result = invoke("edit", chelsea_path, "--replay", tmp_path / "out.png", "--guidance", "3", "--from", "dog")
+
+    assert result.exit_code == 2
+    assert "--guidance" in result.stderr
+    assert "--from" in result.stderr
+
+
+def test_cli_replay_keeps_its_input(chelsea_path, mask_png, tmp_path):
+    first = invoke("edit", chelsea_path, "--from", "cat", "--to", "tiger", "--method", "p2p", "--models", "tiny",
+                   "--steps", "1", "--max-side", "64", "-o", tmp_path / "out.png")
+    assert first.exit_code == 0, first.output
+
+    result = invoke("edit", chelsea_path, "--replay", tmp_path / "out.png", "-o", tmp_path / "out.png", "--overwrite")
+
+    assert result.exit_code == 1
+    assert "out.png" in result.stderr
+
+
+def test_cli_edit_needs_words_without_replay(chelsea_path, tmp_path):
+    result = invoke("edit", chelsea_path, "--to", "tiger", "-o", tmp_path / "out.png")
+
+    assert result.exit_code == 2
+    assert "--from" in result.stderr

@@ -25,6 +25,29 @@ METHOD_FLAGS = {
 }
 
 
+# Parameters that --replay may be given with: the input, the output and how the edit runs.
+REPLAY_PARAMETERS = frozenset({
+    "image", "output", "replay", "device", "dtype", "offload", "progress", "overwrite", "json_output", "quiet",
+    "verbose",
+})
+
+
+def check_replay_flags(context: typer.Context) -> None:
+    """Reject edit settings given on the command line next to `--replay`, which reads them from the PNG."""
+    given = [
+        parameter for parameter in context.command.params
+        if parameter.name not in REPLAY_PARAMETERS
+        # Typer ships its own copy of click, so the source is compared by name.
+        and getattr(context.get_parameter_source(parameter.name), "name", None) in ("COMMANDLINE", "ENVIRONMENT")
+    ]
+    if given:
+        flags = ", ".join(parameter.opts[0] for parameter in given)
+        raise typer.BadParameter(
+            f"takes the edit settings from the PNG, so {flags} cannot be given with it; leave them out, "
+            "or edit without --replay", param_hint="--replay",
+        )
+
+
 def default_output(image: Path, method: str) -> Path:
     return image.with_name(f"{image.stem}.{method}.png")
 
@@ -45,9 +68,10 @@ def method_options(method: str, values: dict, inversion: Path | None) -> dict:
 # The help text is `edit.__doc__`, set at the end of this module with the registry's method list.
 @common.handle_errors
 def edit(
+    context: typer.Context,
     image: common.ImageArg,
-    source_words: Annotated[str, typer.Option("--from", help="Words naming the region to change (CLIP ranks segments with them).")],
-    target_words: Annotated[str, typer.Option("--to", help="Words that replace --from in the caption.")],
+    source_words: Annotated[str | None, typer.Option("--from", help="Words naming the region to change (CLIP ranks segments with them). Required unless --replay is given.", show_default=False)] = None,
+    target_words: Annotated[str | None, typer.Option("--to", help="Words that replace --from in the caption. Required unless --replay is given.", show_default=False)] = None,
     method: options.Method = "residual",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Edited PNG to write; default IMAGE-stem.METHOD.png beside the input.")] = None,
     prompt: options.Prompt = None,
@@ -55,6 +79,7 @@ def edit(
     rank: options.RankFile = None,
     mask: options.MaskPng = None,
     inversion: options.InversionFile = None,
+    replay: Annotated[Path | None, typer.Option("--replay", help="Rerun the edit that this samedit PNG records (request, edit region, model set) on IMAGE; only output and runtime flags may be given with it.", show_default=False)] = None,
     select: Select = "best",
     pick: Pick = None,
     steps: options.EditSteps = None,
@@ -87,6 +112,14 @@ def edit(
     from sam_edit.methods.request import EditRequest
     from sam_edit.outputs import check_output
 
+    if replay is not None:
+        check_replay_flags(context)
+        return edit_replay(image, replay, output, common.RunOptions(device, dtype, offload, progress=progress, quiet=quiet),
+                           overwrite, json_output)
+    if source_words is None or target_words is None:
+        raise typer.BadParameter("give --from and --to, or --replay with an edited PNG",
+                                 param_hint="--to" if source_words is not None else "--from")
+
     # 1. Check the flags: every error here exits 2.
     chosen_options = method_options(method, {
         "residual_weight": residual_weight, "reweight": reweight, "attention_mode": attention_mode,
@@ -94,9 +127,7 @@ def edit(
         "image_guidance_scale": image_guidance,
     }, inversion)
     output = output or default_output(image, method)
-    if output.suffix.lower() != ".png":
-        raise typer.BadParameter(f"`{output}` must end in .png: samedit writes PNG with the settings inside",
-                                 param_hint="--output")
+    check_png_output(output)
     source = stages.MaskSource(mask=mask, rank=rank, masks=masks, rank_config=rank_config(select, pick))
     run = common.RunOptions(device, dtype, offload, models, sam_model, progress, quiet)
     with common.usage_errors():
@@ -111,6 +142,34 @@ def edit(
     loaded = load_image(image)
     with run.context_with_progress(request.num_steps) as context:
         edited, settings = stages.run_edit(loaded, request, context, source, inversion)
+    save_png(edited, output, settings)
+    common.print_result(output, {"output": str(output), "settings": settings}, json_output)
+
+
+def check_png_output(output: Path) -> None:
+    if output.suffix.lower() != ".png":
+        raise typer.BadParameter(f"`{output}` must end in .png: samedit writes PNG with the settings inside",
+                                 param_hint="--output")
+
+
+def edit_replay(image: Path, replay: Path, output: Path | None, run: common.RunOptions, overwrite: bool,
+                json_output: bool) -> None:
+    """Rerun the edit that the PNG `replay` records, on `image`, with the model set it records."""
+    import dataclasses
+
+    from sam_edit import stages
+    from sam_edit.images import load_image, save_png
+    from sam_edit.outputs import check_output
+    from sam_edit.replay import read_replay
+
+    loaded = load_image(image)
+    recorded = read_replay(replay, loaded)
+    output = output or default_output(image, recorded.request.method)
+    check_png_output(output)
+    output = check_output(output, overwrite, (image, replay))
+    run = dataclasses.replace(run, models=recorded.model_set, sam_model=recorded.sam_model or run.sam_model)
+    with run.context_with_progress(recorded.request.num_steps) as context:
+        edited, settings = stages.run_edit(loaded, recorded.request, context, recorded.source)
     save_png(edited, output, settings)
     common.print_result(output, {"output": str(output), "settings": settings}, json_output)
 
@@ -139,4 +198,6 @@ Examples:
     samedit edit cat.png --from cat --to tiger --method blended --mask cat-mask.png --seed 1
 
     samedit edit cat.png --from cat --to tiger --rank cat.rank.json --inversion cat.inv.safetensors
+
+    samedit edit cat.png --replay cat.residual.png -o again.png
 """
