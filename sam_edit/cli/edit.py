@@ -34,14 +34,14 @@ REPLAY_PARAMETERS = frozenset({
 
 def check_replay_flags(context: typer.Context) -> None:
     """Reject edit settings given on the command line next to `--replay`, which reads them from the PNG."""
-    given = [
+    conflicting = [
         parameter for parameter in context.command.params
         if parameter.name not in REPLAY_PARAMETERS
         # Typer ships its own copy of click, so the source is compared by name.
         and getattr(context.get_parameter_source(parameter.name), "name", None) in ("COMMANDLINE", "ENVIRONMENT")
     ]
-    if given:
-        flags = ", ".join(parameter.opts[0] for parameter in given)
+    if conflicting:
+        flags = ", ".join(parameter.opts[0] for parameter in conflicting)
         raise typer.BadParameter(
             f"takes the edit settings from the PNG, so {flags} cannot be given with it; leave them out, "
             "or edit without --replay", param_hint="--replay",
