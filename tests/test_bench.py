@@ -14,7 +14,7 @@ from PIL import Image
 from skimage import data
 from typer.testing import CliRunner
 
-from sam_edit import bench, stages
+from sam_edit import bench, shards, stages
 from sam_edit.cli.app import app
 from sam_edit.errors import SameditError
 from sam_edit.images import read_png_settings
@@ -234,23 +234,23 @@ def test_bench_rejects_other_settings(bench_run):
 def test_bench_rejects_unknown_method(tmp_path):
     dataset = write_pie_bench(tmp_path / "PIE-Bench")
     result = invoke("bench", "--pie-bench", dataset, "--methods", "p2p,magic", "--out", tmp_path / "runs", *FAST)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "unknown method `magic`" in one_line_error(result)
     assert not (tmp_path / "runs").exists()
 
 
 def test_shard_parsing():
-    assert bench.parse_shard("1/4") == bench.Shard(1, 4)
-    assert bench.Shard(1, 4).select(list(range(10))) == [1, 5, 9]
+    assert shards.parse_shard("1/4") == shards.Shard(1, 4)
+    assert shards.Shard(1, 4).select(list(range(10))) == [1, 5, 9]
     for value in ("4/4", "-1/2", "a/b", "3"):
         with pytest.raises(SameditError, match="shard|--shard"):
-            bench.parse_shard(value)
+            shards.parse_shard(value)
 
 
 def test_launcher_shard_from_environment():
-    assert bench.launcher_shard({}) is None
-    assert bench.launcher_shard({"WORLD_SIZE": "1", "RANK": "0"}) is None
-    assert bench.launcher_shard({"WORLD_SIZE": "3", "RANK": "2", "LOCAL_RANK": "0"}) == bench.Shard(2, 3)
+    assert shards.launcher_shard({}) is None
+    assert shards.launcher_shard({"WORLD_SIZE": "1", "RANK": "0"}) is None
+    assert shards.launcher_shard({"WORLD_SIZE": "3", "RANK": "2", "LOCAL_RANK": "0"}) == shards.Shard(2, 3)
 
 
 # From prompts to --from and --to --------------------------------------------------------------
@@ -383,3 +383,12 @@ def test_failed_entry_is_recorded_and_skipped(tmp_path):
     assert "identical" in summary.failed[0]["error"]
     assert [event.status for event in events] == ["failed"]
     assert not os.path.exists(bench.edited_path(tmp_path / "runs", "p2p", entry))
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--shard", "4/4"), ("--shard", "x"), ("--metrics", "beauty")])
+def test_bench_flag_errors_exit_2(tmp_path, flag, value):
+    dataset = write_pie_bench(tmp_path / "PIE-Bench")
+    result = invoke("bench", "--pie-bench", dataset, "--methods", "p2p", "--out", tmp_path / "runs", flag, value, *FAST)
+    assert result.exit_code == 2
+    assert flag in one_line_error(result)
+    assert not (tmp_path / "runs").exists()

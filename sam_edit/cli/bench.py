@@ -26,13 +26,14 @@ from sam_edit.models.registry import DEFAULT_SAM
 
 if TYPE_CHECKING:
     from sam_edit import bench as runner
+    from sam_edit import shards
 
 # PnP Inversion's seed for every PIE-Bench edit; equal to `sam_edit.bench.DEFAULT_SEED`, which
 # a test checks. It is repeated here because that module imports torch.
 DEFAULT_SEED = 1234
 
 
-def print_summary(summary: runner.BenchSummary, shard: runner.Shard) -> None:
+def print_summary(summary: runner.BenchSummary, shard: shards.Shard) -> None:
     """Report the counts on stderr; failed edits one per line."""
     where = f" (shard {shard})" if shard.count > 1 else ""
     common.stderr.print(
@@ -88,20 +89,21 @@ def bench(
         accelerate launch --multi_gpu --num_processes 4 -m sam_edit bench --pie-bench PIE-Bench/ --methods pnp --out runs/
     """
     from sam_edit import bench as runner
-    from sam_edit import scoring
+    from sam_edit import scoring, shards
     from sam_edit.piebench import find_mapping_file, read_mapping
 
     run = common.RunOptions(device, dtype, offload, models, sam_model, progress, quiet)
-    config = runner.BenchConfig(runner.check_methods(methods.split(",")), steps, max_side, seed, use_gt_mask)
-    metric_names = scoring.parse_metrics(metrics)
+    with common.usage_errors():
+        config = runner.BenchConfig(runner.check_methods(methods.split(",")), steps, max_side, seed, use_gt_mask)
+        metric_names = scoring.parse_metrics(metrics)
+        explicit_shard = shards.parse_shard(shard) if shard else None
     common.check_outputs((csv_path, plot), overwrite)
     entries = read_mapping(pie_bench, split_types(types), limit)
 
     # 1. Which entries this process edits, and on which device.
-    explicit_shard = runner.parse_shard(shard) if shard else None
-    runtime = runner.process_runtime(run.runtime())
-    launched_shard = None if explicit_shard else runner.join_launch()
-    this_shard = explicit_shard or launched_shard or runner.Shard()
+    runtime = shards.process_runtime(run.runtime())
+    launched_shard = None if explicit_shard else shards.join_launch()
+    this_shard = explicit_shard or launched_shard or shards.Shard()
     context = run.make_context(runtime=runtime)
     runner.update_manifest(out, config, context, find_mapping_file(pie_bench))
 
@@ -115,7 +117,7 @@ def bench(
     # 3. Score: under a launcher the first process scores everything once all have finished.
     scored = selected
     if launched_shard is not None:
-        runner.wait_for_all_shards()
+        shards.wait_for_all_shards()
         if launched_shard.index != 0:
             return
         scored = entries
