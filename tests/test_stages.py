@@ -199,3 +199,12 @@ def test_edit_names_every_missing_model(chelsea, cpu, make_request, tmp_path, me
     for name in expected:
         assert f"`{name}`" in message
     assert "samedit models pull " + " ".join(expected) in message
+
+
+def test_invert_names_every_missing_model(chelsea_path, tmp_path):
+    result = CliRunner().invoke(app, [str(arg) for arg in (
+        "invert", chelsea_path, "--prompt", "a cat", "--from", "cat", "--method", "residual",
+        "-o", tmp_path / "cat.inv.safetensors")], prog_name="samedit")
+
+    assert result.exit_code == 1
+    assert "samedit models pull sam-vit-b clip-l14 iclight-base iclight-fc" in result.stderr

@@ -76,6 +76,7 @@ def invert(
     method_spec = stages.get_inversion_method(method)
     loaded = load_image(image)
     with run.context_with_progress(steps) as context:
+        stages.require_edit_models(request, source, context)
         edit_mask, segments = None, None
         if needs_mask:
             edit_mask, _ = stages.find_edit_mask(loaded, request, source, context)
