@@ -75,8 +75,14 @@ ImageArg = Annotated[Path, typer.Argument(help="Input photo (any format Pillow r
 
 def setup_logging(verbose: bool, quiet: bool) -> None:
     level = logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING
-    handler = RichHandler(console=stderr, show_time=False, show_path=False, markup=False)
-    logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
+    if stderr.is_terminal:
+        handler = RichHandler(console=stderr, show_time=False, show_path=False, markup=False)
+    else:
+        # Piped or redirected stderr gets one plain line per record, which grep and log files keep
+        # whole; Rich would wrap it at 80 columns.
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     logging.getLogger("sam_edit").setLevel(level)
     for noisy in ("diffusers", "transformers", "huggingface_hub", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
