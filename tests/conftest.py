@@ -95,3 +95,18 @@ def make_request():
         return EditRequest(**(values | overrides))
 
     return build
+
+
+@pytest.fixture
+def run():
+    """Return a function that runs `samedit ARGS...` in this process and returns Typer's result."""
+    from typer.testing import CliRunner
+
+    from sam_edit.cli.app import app
+
+    runner = CliRunner()
+
+    def invoke(*args, env=None):
+        return runner.invoke(app, [str(arg) for arg in args], prog_name="samedit", env=env)
+
+    return invoke

@@ -3,23 +3,11 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 from sam_edit import __version__
-from sam_edit.cli.app import app
 from sam_edit.images import read_png_settings
 
 FAST = ["--models", "tiny", "--steps", "4", "--max-side", "64"]
-
-
-@pytest.fixture
-def run():
-    runner = CliRunner()
-
-    def invoke(*args, env=None):
-        return runner.invoke(app, [str(arg) for arg in args], prog_name="samedit", env=env)
-
-    return invoke
 
 
 def one_line_error(result) -> str:

@@ -7,7 +7,6 @@ import typing
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from sam_edit.cli import common
 from sam_edit.cli.app import app
@@ -15,16 +14,6 @@ from sam_edit.cli.app import app
 HEAVY_MODULES = ("torch", "diffusers", "transformers", "segment_anything")
 CLI_MODULES = ("app", "common", "edit", "edit_options", "invert", "rank", "segment", "score", "bench", "models",
                "doctor", "docs")
-
-
-@pytest.fixture
-def run():
-    runner = CliRunner()
-
-    def invoke(*args):
-        return runner.invoke(app, [str(arg) for arg in args], prog_name="samedit")
-
-    return invoke
 
 
 def edit_args(image, tmp_path, *extra):

@@ -23,16 +23,6 @@ from sam_edit.models.registry import get_spec
 FAST = ["--models", "tiny", "--steps", "2", "--max-side", "64"]
 
 
-@pytest.fixture
-def run():
-    runner = CliRunner()
-
-    def invoke(*args):
-        return runner.invoke(app, [str(arg) for arg in args], prog_name="samedit")
-
-    return invoke
-
-
 @pytest.fixture(scope="module")
 def chelsea_masks(chelsea_path, cache_root, tmp_path_factory):
     """SAM's segments of chelsea (tiny SAM), made once: segmenting costs seconds per run."""

@@ -11,24 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 from skimage import data
-from typer.testing import CliRunner
 
 from sam_edit import artifacts
 from sam_edit.artifacts import Ranking
-from sam_edit.cli.app import app
 from sam_edit.images import load_image, save_png
 
 CHEAP = "mse_unedit_part,ssim_unedit_part,psnr_unedit_part,mse_edit_part"
-
-
-@pytest.fixture
-def run():
-    runner = CliRunner()
-
-    def invoke(*args):
-        return runner.invoke(app, [str(arg) for arg in args], prog_name="samedit")
-
-    return invoke
 
 
 def one_line_error(result) -> str:
