@@ -110,3 +110,18 @@ def run():
         return runner.invoke(app, [str(arg) for arg in args], prog_name="samedit", env=env)
 
     return invoke
+
+
+@pytest.fixture
+def cached_sam_checkpoint(cache_root):
+    """Put a sparse file of SAM ViT-B's size where the store keeps it; yield its path, then remove it."""
+    from sam_edit.models import store
+    from sam_edit.models.registry import get_spec
+
+    spec = get_spec("sam-vit-b")
+    path = store.file_path(spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.truncate(spec.size)  # the store checks only the size of a cached file
+    yield path
+    path.unlink()

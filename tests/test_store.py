@@ -250,32 +250,17 @@ def test_require_names_every_missing_model():
     assert "\n" not in message
 
 
-def test_require_skips_cached_models(cache_root):
-    spec = get_spec("sam-vit-b")
-    path = store.file_path(spec)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as handle:
-        handle.truncate(spec.size)  # a sparse file of the right size replaces the checkpoint
-    try:
-        with pytest.raises(ModelNotCachedError) as raised:
-            loaders.require_models(["sam-vit-b", "sd14", "sd14"], "default")
-        message = str(raised.value)
-        assert "`samedit models pull sd14`" in message
-        assert "`sam-vit-b`" not in message
-    finally:
-        path.unlink()
+def test_require_skips_cached_models(cached_sam_checkpoint):
+    with pytest.raises(ModelNotCachedError) as raised:
+        loaders.require_models(["sam-vit-b", "sd14", "sd14"], "default")
+    message = str(raised.value)
+    assert "`samedit models pull sd14`" in message
+    assert "`sam-vit-b`" not in message
 
 
-def test_require_cached_returns_paths(cache_root):
+def test_require_cached_returns_paths(cached_sam_checkpoint):
     spec = get_spec("sam-vit-b")
-    path = store.file_path(spec)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as handle:
-        handle.truncate(spec.size)
-    try:
-        assert store.require([spec, spec]) == [path, path]
-    finally:
-        path.unlink()
+    assert store.require([spec, spec]) == [cached_sam_checkpoint, cached_sam_checkpoint]
 
 
 @pytest.mark.parametrize("model_set", ["tiny", "random-full"])
