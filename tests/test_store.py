@@ -264,9 +264,11 @@ def test_require_cached_returns_paths(cached_sam_checkpoint):
 
 
 @pytest.mark.parametrize("model_set", ["tiny", "random-full"])
-def test_require_built_sets_never_missing(model_set, cache_root):
+def test_require_built_sets_never_missing(model_set, tmp_path, monkeypatch):
+    # An empty cache of its own: other tests in this worker build tiny models in the shared one.
+    monkeypatch.setenv("SAMEDIT_CACHE_DIR", str(tmp_path))
     loaders.require_models(list(MODELS), model_set)
-    assert not (cache_root / "tiny" / "sd15-inpaint").exists()  # checking builds nothing
+    assert not (tmp_path / "tiny" / "sd15-inpaint").exists()  # checking builds nothing
 
 
 def test_iclight_offline_names_base_and_offsets(cpu):
