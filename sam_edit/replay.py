@@ -16,7 +16,8 @@ from sam_edit.errors import StageFileError
 from sam_edit.images import LoadedImage, read_png_settings
 from sam_edit.methods.request import EditRequest
 from sam_edit.rank import RankConfig
-from sam_edit.stages import MaskSource
+from sam_edit.artifacts import mask_sha256
+from sam_edit.stages import MaskSource, given_edit_mask
 
 REQUEST_FIELDS = frozenset(field.name for field in dataclasses.fields(EditRequest))
 
@@ -54,8 +55,24 @@ def read_replay(path: Path, loaded: LoadedImage) -> Replay:
         raise StageFileError(f"`{path}` lacks the method or the --from/--to words, so it cannot be replayed")
     fields = {name: value for name, value in settings.items() if name in REQUEST_FIELDS}
     request = EditRequest(**fields)
-    source, sam_model = mask_source(settings.get("edit_region") or {})
+    origin = settings.get("edit_region") or {}
+    source, sam_model = mask_source(origin)
+    check_given_mask(path, loaded, source, origin)
     return Replay(request, source, model_set_of(settings.get("models") or {}), sam_model)
+
+
+def check_given_mask(path: Path, loaded: LoadedImage, source: MaskSource, origin: dict) -> None:
+    """Raise `StageFileError` when the recorded `--mask` or `--rank` file now gives another edit mask."""
+    given = given_edit_mask(loaded, source)
+    if given is None or "mask_sha256" not in origin:
+        return
+    mask, _ = given
+    if mask_sha256(mask) != origin["mask_sha256"]:
+        flag, file = ("--mask", source.mask) if source.mask is not None else ("--rank", source.rank)
+        raise StageFileError(
+            f"the {flag} file `{file}` that `{path}` was edited with now gives another edit mask; restore it, "
+            f"or edit without --replay"
+        )
 
 
 def mask_source(origin: dict) -> tuple[MaskSource, str | None]:

@@ -170,25 +170,36 @@ class MaskSource:
             )
 
 
+def given_edit_mask(loaded: LoadedImage, source: MaskSource) -> tuple[np.ndarray, dict] | None:
+    """Return the edit mask of `--mask` or `--rank` and where it came from, or None when neither is given.
+
+    Paths are recorded absolute, so that `edit --replay` finds them from any folder.
+    """
+    if source.mask is not None:
+        return load_mask(source.mask, loaded.size), {"mask": str(source.mask.resolve())}
+    if source.rank is not None:
+        ranking = artifacts.read_ranking(source.rank, loaded)
+        return ranking.mask, {"rank": str(source.rank.resolve()), "chosen": list(ranking.chosen)}
+    return None
+
+
 def find_edit_mask(loaded: LoadedImage, request: EditRequest, source: MaskSource,
                    context: Context) -> tuple[np.ndarray, dict]:
-    """Return the edit mask `[H, W]` bool and a record of where it came from."""
-    if source.mask is not None:
-        mask = load_mask(source.mask, loaded.size)
-        origin = {"mask": str(source.mask)}
-    elif source.rank is not None:
-        ranking = artifacts.read_ranking(source.rank, loaded)
-        mask, origin = ranking.mask, {"rank": str(source.rank), "chosen": list(ranking.chosen)}
+    """Return the edit mask `[H, W]` bool and a record of where it came from and of its digest."""
+    given = given_edit_mask(loaded, source)
+    if given is not None:
+        mask, origin = given
     else:
         segments = load_or_segment(loaded, source, context)
         ranking, _, _ = rank(loaded, segments, request.source_words, context, source.rank_config)
         mask, origin = ranking.mask, {"segments": "sam+clip", "chosen": list(ranking.chosen)}
         if source.masks is not None:
-            origin["masks"] = str(source.masks)
+            origin["masks"] = str(source.masks.resolve())
         else:
             origin["sam_model"] = context.sam_model
     if not mask.any():
         raise SameditError("the edit mask is empty; give a mask with white pixels via `--mask PNG`")
+    origin["mask_sha256"] = artifacts.mask_sha256(mask)
     return mask, origin
 
 

@@ -163,7 +163,9 @@ def test_user_mask_skips_segmentation(run, chelsea_path, tmp_path):
     output = tmp_path / "out.png"
     result = run("edit", chelsea_path, "--from", "cat", "--to", "tiger", "--mask", mask_path, "-o", output, *FAST)
     assert result.exit_code == 0, result.output
-    assert read_png_settings(output)["edit_region"] == {"mask": str(mask_path)}
+    region = read_png_settings(output)["edit_region"]
+    assert region["mask"] == str(mask_path.resolve())
+    assert set(region) == {"mask", "mask_sha256"}
 
 
 def test_models_list_json(run):

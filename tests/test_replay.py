@@ -147,3 +147,26 @@ def test_cli_edit_needs_words_without_replay(chelsea_path, tmp_path):
 
     assert result.exit_code == 2
     assert "--from" in result.stderr
+
+
+def test_cli_replay_from_another_folder(chelsea_path, mask_png, tmp_path, monkeypatch):
+    monkeypatch.chdir(mask_png.parent)
+    first = invoke("edit", chelsea_path, "--from", "cat", "--to", "tiger", "--method", "iclight", "--mask",
+                   mask_png.name, "--models", "tiny", "--steps", "1", "--max-side", "64", "-o", tmp_path / "out.png")
+    assert first.exit_code == 0, first.output
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    again = invoke("edit", chelsea_path, "--replay", tmp_path / "out.png", "-o", tmp_path / "again.png")
+
+    assert again.exit_code == 0, again.output
+
+
+def test_replay_rejects_changed_mask_file(chelsea, mask_png, tiny, tmp_path):
+    request = EditRequest("cat", "tiger", method="iclight", num_steps=1, max_side=64)
+    edit_and_save(chelsea, request, stages.MaskSource(mask=mask_png), tiny, tmp_path / "out.png")
+    Image.fromarray(255 - np.asarray(Image.open(mask_png))).save(mask_png)
+
+    with pytest.raises(StageFileError, match="now gives another edit mask"):
+        read_replay(tmp_path / "out.png", chelsea)
