@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import math
+import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -108,10 +109,18 @@ def load_image(path: Path) -> LoadedImage:
     if not path.is_file():
         raise ImageError(f"image `{path}` not found")
     try:
-        with Image.open(path) as opened:
-            opened.load()
-            image = ImageOps.exif_transpose(opened) or opened
-            image, notices = to_rgb(image)
+        with warnings.catch_warnings():
+            # Pillow warns above about 89 million pixels; samedit resizes to the working size anyway.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                opened.load()
+                image = ImageOps.exif_transpose(opened) or opened
+                image, notices = to_rgb(image)
+    except Image.DecompressionBombError as error:
+        raise ImageError(
+            f"image `{path}` has more pixels than Pillow opens ({Image.MAX_IMAGE_PIXELS * 2:,}), a guard against "
+            "decompression bombs; downscale it first"
+        ) from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"cannot read image `{path}`: {error}") from error
     for notice in notices:

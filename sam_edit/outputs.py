@@ -30,8 +30,15 @@ def check_output(path: Path, overwrite: bool, inputs: tuple[Path, ...] = ()) -> 
         raise SameditError(f"output `{path}` already exists; pass `--overwrite` to replace it")
     if not resolved.parent.is_dir():
         raise SameditError(f"folder `{path.parent}` for output `{path.name}` does not exist")
-    if not os.access(resolved.parent, os.W_OK):
-        raise SameditError(f"folder `{path.parent}` for output `{path.name}` is not writable")
+    # Creating a file is the only reliable test: root passes os.access on read-only mounts and /proc.
+    try:
+        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=resolved.parent)
+    except OSError as error:
+        raise SameditError(
+            f"folder `{path.parent}` for output `{path.name}` is not writable ({error.strerror}); choose another output path"
+        ) from error
+    os.close(handle)
+    os.unlink(probe)
     return resolved
 
 
@@ -47,12 +54,13 @@ def atomic_path(path: Path) -> Iterator[Path]:
     except OSError as error:
         raise SameditError(f"cannot write output `{path}`: {error.strerror}") from error
     os.close(handle)
-    # mkstemp creates the file with mode 0600; outputs get the usual mode under the umask.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)
     try:
         yield Path(temporary)
+        # mkstemp creates the file with mode 0600, and some writers (safetensors) create it anew, so
+        # the usual mode under the umask is set once the file is written.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):

@@ -138,3 +138,11 @@ def test_mask_must_match_image_size(tmp_path):
     assert load_mask(path, (10, 10)).all()
     with pytest.raises(ImageError, match="give a mask of the image's size"):
         load_mask(path, (20, 10))
+
+
+def test_decompression_bomb_is_one_error(tmp_path):
+    path = tmp_path / "bomb.png"
+    Image.new("1", (20000, 10000)).save(path)  # 200 million pixels in a few kilobytes
+
+    with pytest.raises(ImageError, match="downscale it first"):
+        load_image(path)

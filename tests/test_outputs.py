@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from sam_edit.errors import SameditError
@@ -39,3 +41,25 @@ def test_successful_write_renames(tmp_path):
         temporary.write_bytes(b"done")
     assert path.read_bytes() == b"done"
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_folder_that_refuses_files_fails_early():
+    # /proc passes os.access(W_OK) for root but accepts no new files.
+    with pytest.raises(SameditError, match="not writable"):
+        check_output(Path("/proc/samedit-out.png"), overwrite=False)
+
+
+def test_recreated_file_gets_umask_mode(tmp_path):
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "out.bin") as temporary:
+            temporary.unlink()  # as safetensors does: the writer creates the file anew
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT, 0o600)
+            os.close(fd)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "out.bin").stat().st_mode) == 0o644
