@@ -1,4 +1,8 @@
 import json
+import os
+import stat
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -114,8 +118,6 @@ def test_bad_edit_arguments(run, chelsea_path, tmp_path, args, message):
 
 
 def test_output_to_special_file_rejected(run, chelsea_path, tmp_path):
-    import os
-
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)
     result = run("edit", chelsea_path, "--from", "cat", "--to", "tiger", "-o", fifo, "--overwrite", *FAST)
@@ -125,9 +127,6 @@ def test_output_to_special_file_rejected(run, chelsea_path, tmp_path):
 
 
 def test_outputs_follow_umask(run, chelsea_path, tmp_path):
-    import os
-    import stat
-
     masks = tmp_path / "cat.masks.json"
     previous = os.umask(0o022)
     try:
@@ -194,3 +193,15 @@ def test_score_identical_pair(run, chelsea_path):
     assert result.exit_code == 0, result.output
     scores = json.loads(result.stdout)["methods"][0]["mean"]
     assert scores["mse_unedit_part"] == 0 and scores["ssim_unedit_part"] == pytest.approx(1.0)
+
+
+def test_edit_prints_no_library_warnings(chelsea_path, tmp_path):
+    # A subprocess, because diffusers' log handler keeps the stderr it found at import.
+    output = tmp_path / "out.png"
+    result = subprocess.run(
+        [sys.executable, "-m", "sam_edit", "edit", str(chelsea_path), "--from", "cat", "--to", "tiger",
+         "--method", "p2p", "-o", str(output), "--models", "tiny", "--steps", "1", "--max-side", "64"],
+        capture_output=True, text=True, env=os.environ | {"COLUMNS": "200"}, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""

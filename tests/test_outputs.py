@@ -1,3 +1,5 @@
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -51,9 +53,6 @@ def test_folder_that_refuses_files_fails_early():
 
 
 def test_recreated_file_gets_umask_mode(tmp_path):
-    import os
-    import stat
-
     previous = os.umask(0o022)
     try:
         with atomic_path(tmp_path / "out.bin") as temporary:

@@ -92,15 +92,17 @@ def setup_logging(verbose: bool, quiet: bool) -> None:
 
 
 def disable_library_progress_bars() -> None:
-    """Turn off the loading bars of diffusers and transformers, which would mix with ours on stderr.
+    """Turn off the loading bars and warnings of diffusers and transformers on stderr.
 
-    Imports both libraries, so only commands that load models call it.
+    Both libraries reset their loggers' level when first imported, which the CLI does late, so
+    `setup_logging` alone cannot silence them. Imports both, so only commands that load models call it.
     """
     import diffusers.utils.logging
     import transformers.utils.logging
 
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
+    for library in (diffusers.utils.logging, transformers.utils.logging):
+        library.disable_progress_bar()
+        library.set_verbosity_error()
 
 
 def handle_errors(command: Callable) -> Callable:
