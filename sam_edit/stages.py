@@ -251,7 +251,7 @@ def load_method_models(method: InversionMethod, context: Context) -> tuple[loade
 
 
 def check_alignment(models: loaders.DiffusionModels, request: EditRequest) -> None:
-    """Check that Prompt-to-Prompt finds the request's words in its prompts; raise `SameditError` if not.
+    """Check that Prompt-to-Prompt finds the request's words in its prompts; raise `UsageError` if not.
 
     Stages call this before any UNet runs, so a word the edit cannot place stops the run before
     the inversion. It builds the same controller as `edit`, after checking the `--from` and
@@ -266,11 +266,11 @@ def check_alignment(models: loaders.DiffusionModels, request: EditRequest) -> No
         whole_length = len(tokenizer(prompt, add_special_tokens=False).input_ids) + 2
         positions = alignment.word_token_indices(tokenizer, prompt, words, whole_length)
         if positions:
-            raise SameditError(
+            raise UsageError(
                 f"`{flag}` {words!r} starts at token {positions[0]} of the {kind} prompt, beyond the {limit} "
                 f"tokens the CLIP text encoder reads; shorten `--prompt` so that {words!r} falls within them"
             )
-        raise SameditError(
+        raise UsageError(
             f"`{flag}` {words!r} matches no whole words of the {kind} prompt {prompt!r}; Prompt-to-Prompt "
             f"matches space-separated words, ignoring case and punctuation at their ends"
         )
@@ -424,6 +424,16 @@ def require_edit_models(request: EditRequest, source: MaskSource, context: Conte
     loaders.require_models(names, context.model_set)
 
 
+def warn_unused_sources(method: str, source: MaskSource, uses_region: bool, uses_segments: bool) -> None:
+    """Warn about region flags that an inversion-based edit will not read, so they are not checked either."""
+    if not uses_region and (source.mask is not None or source.rank is not None):
+        logger.warning("method %s with residual weight 0 does not use the edit region and ignores --mask and --rank",
+                       method)
+    region_given = source.mask is not None or source.rank is not None
+    if source.masks is not None and not uses_segments and (region_given or not uses_region):
+        logger.warning("method %s does not read --masks here and ignores it", method)
+
+
 def run_edit(loaded: LoadedImage, request: EditRequest, context: Context, source: MaskSource = MaskSource(),
              inversion: Path | None = None):
     """Run the whole edit: find the mask if the method needs one, invert (or read the inversion), edit.
@@ -441,8 +451,10 @@ def run_edit(loaded: LoadedImage, request: EditRequest, context: Context, source
         return run_noise_edit(loaded, request, context, source)
     method = get_inversion_method(request.method)
     weight = method.residual_weight if request.residual_weight is None else request.residual_weight
+    uses_region = method.needs_mask or weight != 0
+    warn_unused_sources(request.method, source, uses_region, method.conditioning == "control")
     mask, origin, segments = None, {}, None
-    if method.needs_mask or weight != 0:
+    if uses_region:
         mask, origin = find_edit_mask(loaded, request, source, context)
     if method.conditioning == "control":
         segments = load_or_segment(loaded, MaskSource(masks=source.masks), context)

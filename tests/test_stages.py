@@ -208,3 +208,20 @@ def test_invert_names_every_missing_model(chelsea_path, tmp_path):
 
     assert result.exit_code == 1
     assert "samedit models pull sam-vit-b clip-l14 iclight-base iclight-fc" in result.stderr
+
+
+def test_word_beyond_token_limit_exits_2(run, chelsea_path, tmp_path):
+    caption = "a photo of " + "a very long sofa " * 20 + "with a cat"
+    result = run("edit", chelsea_path, "--from", "cat", "--to", "tiger", "--method", "p2p", "--prompt", caption,
+                 "-o", tmp_path / "out.png", "--models", "tiny", "--steps", "1", "--max-side", "64")
+
+    assert result.exit_code == 2
+    assert "starts at token" in result.stderr
+
+
+def test_unused_region_flags_warn(chelsea, context, make_request, cat_mask_path, tmp_path, caplog):
+    stages.run_edit(chelsea, make_request("p2p", num_steps=1), context,
+                    stages.MaskSource(mask=cat_mask_path, masks=tmp_path / "unused.masks.json"))
+
+    assert "ignores --mask and --rank" in caplog.text
+    assert "does not read --masks" in caplog.text
