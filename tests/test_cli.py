@@ -205,3 +205,10 @@ def test_edit_prints_no_library_warnings(chelsea_path, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
+
+
+def test_output_folder_named_as_folder(run, chelsea_path, tmp_path):
+    result = run("edit", chelsea_path, "--from", "cat", "--to", "tiger", "-o", tmp_path, *FAST)
+
+    assert result.exit_code == 2
+    assert "is a folder" in result.stderr

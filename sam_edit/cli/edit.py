@@ -42,8 +42,9 @@ def check_replay_flags(context: typer.Context) -> None:
     ]
     if conflicting:
         flags = ", ".join(parameter.opts[0] for parameter in conflicting)
+        pronoun = "them" if len(conflicting) > 1 else "it"
         raise typer.BadParameter(
-            f"takes the edit settings from the PNG, so {flags} cannot be given with it; leave them out, "
+            f"takes the edit settings from the PNG, so {flags} cannot be given with it; leave {pronoun} out, "
             "or edit without --replay", param_hint="--replay",
         )
 
@@ -147,6 +148,8 @@ def edit(
 
 
 def check_png_output(output: Path) -> None:
+    if output.is_dir():
+        raise typer.BadParameter(f"`{output}` is a folder; give a file path ending in .png", param_hint="--output")
     if output.suffix.lower() != ".png":
         raise typer.BadParameter(f"`{output}` must end in .png: samedit writes PNG with the settings inside",
                                  param_hint="--output")
