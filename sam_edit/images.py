@@ -114,6 +114,7 @@ def load_image(path: Path) -> LoadedImage:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as opened:
                 opened.load()
+                frames = getattr(opened, "n_frames", 1)
                 image = ImageOps.exif_transpose(opened) or opened
                 image, notices = to_rgb(image)
     except Image.DecompressionBombError as error:
@@ -123,6 +124,8 @@ def load_image(path: Path) -> LoadedImage:
         ) from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"cannot read image `{path}`: {error}") from error
+    if frames > 1:
+        notices.append(f"has {frames} frames; only the first is edited")
     for notice in notices:
         logger.warning("%s: %s", path.name, notice)
     return LoadedImage(image=image, sha256=file_sha256(path), path=path, notices=tuple(notices))

@@ -146,3 +146,14 @@ def test_decompression_bomb_is_one_error(tmp_path):
 
     with pytest.raises(ImageError, match="downscale it first"):
         load_image(path)
+
+
+def test_animation_edits_first_frame_with_notice(tmp_path):
+    path = tmp_path / "anim.gif"
+    frames = [Image.new("RGB", (16, 12), colour) for colour in ("red", "green", "blue")]
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+
+    loaded = load_image(path)
+
+    assert loaded.image.getpixel((0, 0)) == (255, 0, 0)
+    assert loaded.notices == ("has 3 frames; only the first is edited",)
