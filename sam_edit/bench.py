@@ -274,7 +274,9 @@ def make_entry_file(files: EntryFiles, kind: str, make: Callable[[PieBenchEntry,
     except ModelNotCachedError:
         raise
     except SameditError as error:
-        logger.warning("%s of PIE-Bench %s failed: %s", kind, entry.id, error)
+        # Logged at INFO because the edits that need this file fail with the same message,
+        # and `BenchSummary.failed` lists each of those.
+        logger.info("%s of PIE-Bench %s failed: %s", kind, entry.id, error)
         files.errors[kind] = str(error)
 
 
@@ -387,7 +389,8 @@ def run_bench(
     with a UNet.
 
     An edit that fails with a `SameditError` (no segment found, prompts that cannot form a
-    request) is logged, counted and skipped, so one image does not stop a benchmark. A model
+    request) is logged at INFO, listed in `BenchSummary.failed` and skipped, so one image does
+    not stop a benchmark; the caller reports the failures. A model
     that is not cached stops the run, because every later edit would fail the same way.
     """
     summary = BenchSummary()
@@ -430,6 +433,6 @@ def edit_entry(entry: PieBenchEntry, method: str, out: Path, files: EntryFiles, 
     except ModelNotCachedError:
         raise
     except SameditError as error:
-        logger.warning("%s %s failed: %s", method, entry.id, error)
+        logger.info("%s %s failed: %s", method, entry.id, error)  # the caller reports the returned event
         return BenchEvent(entry, method, "failed", path, error=str(error))
     return BenchEvent(entry, method, "edited", path, time.perf_counter() - started)

@@ -165,7 +165,8 @@ def score_methods(
         present = [entry for entry in entries if edited[entry.id] is not None]
         result = MethodScores(name, folder, missing=[entry.id for entry in entries if edited[entry.id] is None])
         if result.missing:
-            logger.warning(
+            # Logged at INFO because `MethodScores.missing` carries the list, and the CLI prints it once.
+            logger.info(
                 "%s: %d of %d PIE-Bench edits are missing (first %s); they are not scored",
                 name, len(result.missing), len(entries), result.missing[0],
             )

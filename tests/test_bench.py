@@ -385,10 +385,49 @@ def test_failed_entry_is_recorded_and_skipped(tmp_path):
     assert not os.path.exists(bench.edited_path(tmp_path / "runs", "p2p", entry))
 
 
-@pytest.mark.parametrize(("flag", "value"), [("--shard", "4/4"), ("--shard", "x"), ("--metrics", "beauty")])
+@pytest.mark.parametrize(("flag", "value"), [("--shard", "4/4"), ("--shard", "x"), ("--metrics", "beauty"),
+                                             ("--types", "11"), ("--limit", "-1"), ("--plot", "scores.xyz")])
 def test_bench_flag_errors_exit_2(tmp_path, flag, value):
     dataset = write_pie_bench(tmp_path / "PIE-Bench")
     result = invoke("bench", "--pie-bench", dataset, "--methods", "p2p", "--out", tmp_path / "runs", flag, value, *FAST)
     assert result.exit_code == 2
     assert flag in one_line_error(result)
     assert not (tmp_path / "runs").exists()
+
+
+def test_bench_out_file_rejected(tmp_path):
+    dataset = write_pie_bench(tmp_path / "PIE-Bench")
+    out = tmp_path / "cat.png"
+    out.write_bytes(b"not a folder")
+    result = invoke("bench", "--pie-bench", dataset, "--methods", "p2p", "--out", out, "--no-score", *FAST)
+    assert result.exit_code == 2
+    assert "`--out`" in one_line_error(result)
+    assert out.read_bytes() == b"not a folder"
+    assert not (tmp_path / "masks").exists()
+
+
+def test_bench_failures_printed_once_exit_1(tmp_path, cache_root):
+    """One entry has identical prompts, so its edit fails; the other is edited and scored."""
+    dataset = write_pie_bench(tmp_path / "PIE-Bench")
+    mapping_path = dataset / "mapping_file.json"
+    mapping = json.loads(mapping_path.read_text())
+    mapping[IDS[0]]["editing_prompt"] = mapping[IDS[0]]["original_prompt"]
+    mapping_path.write_text(json.dumps(mapping))
+    env = {"SAMEDIT_CACHE_DIR": str(cache_root), "HF_HOME": str(cache_root / "hf-home"),
+           "HF_HUB_OFFLINE": "1", "SAMEDIT_MODELS": None}
+
+    result = invoke("bench", "--pie-bench", dataset, "--methods", "p2p", "--out", tmp_path / "runs", "--limit", "2",
+                    "--use-gt-mask", *FAST, *CHEAP_METRICS, env=env)
+
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.output
+    assert "edited 1, skipped 0 finished before, failed 1" in result.stderr
+    failures = [line for line in lines if "identical" in line]
+    assert len(failures) == 1, result.stderr
+    assert failures[0].startswith(f"failed: p2p {IDS[0]}: ")
+    assert [line for line in lines if "missing" in line] == [
+        f"p2p: 1 of 2 edits are missing and were not scored (first: {IDS[0]})"
+    ]
+    assert lines[-1] == "Error: 1 of 2 edits failed (listed above); run the same command again to retry them"
+    assert "MSE bg ×10⁴" in result.stdout  # the scores were printed before the exit

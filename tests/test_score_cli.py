@@ -215,7 +215,7 @@ def test_folders_pair_by_relative_path(run, folders, tmp_path):
     assert rows["b/coffee.jpg"]["mse_unedit_part"] == 0
     assert rows["b/coffee.jpg"]["mse_edit_part"] == 0
     assert method["missing"] == ["c/rocket.png"]
-    assert "1 missing edits were not scored (first: c/rocket.png)" in result.stderr
+    assert "out: 1 of 3 edits are missing and were not scored (first: c/rocket.png)" in result.stderr
     with open(csv_path, newline="") as handle:
         lines = list(csv.DictReader(handle))
     assert [line["id"] for line in lines] == ["a/cat.png", "b/coffee.jpg", "mean"]
@@ -293,8 +293,53 @@ def test_offline_default_models_one_line(run, chelsea_path, tmp_path):
 
 def test_unknown_metric_one_line(run, chelsea_path):
     result = run("score", chelsea_path, chelsea_path, "--metrics", "mse_unedit_part,sharpness")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "unknown metric `sharpness`" in one_line_error(result)
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--types", "11", "unknown editing type `11` in `--types`"),
+        ("--types", ",", "`--types` is empty"),
+        ("--limit", "-1", "`--limit` -1 is negative"),
+    ],
+)
+def test_pie_bench_flag_errors_exit_2(run, tmp_path, flag, value, message):
+    from test_bench import write_pie_bench
+
+    dataset = write_pie_bench(tmp_path / "PIE-Bench")
+    result = run("score", "--pie-bench", dataset, "--outputs", tmp_path / "output", "--metrics", CHEAP, flag, value)
+    assert result.exit_code == 2
+    assert message in one_line_error(result)
+
+
+def test_unsupported_plot_suffix_before_scoring(run, chelsea_path, tmp_path):
+    csv_path, plot_path = tmp_path / "s2.csv", tmp_path / "s2.xyz"
+    result = run("score", chelsea_path, chelsea_path, "--metrics", "psnr", "--csv", csv_path, "--plot", plot_path)
+    assert result.exit_code == 2
+    line = one_line_error(result)
+    assert "`--plot` suffix `.xyz` is not supported" in line
+    assert ".png" in line
+    assert ".pdf" in line
+    assert not csv_path.exists()
+    assert not plot_path.exists()
+
+
+@pytest.mark.parametrize("extra", [[], ["--prompt", "a tiger"]])
+def test_missing_edited_image_not_found(run, chelsea_path, tmp_path, extra):
+    missing = tmp_path / "nonexist.png"
+    result = run("score", chelsea_path, missing, *extra)
+    assert result.exit_code == 1
+    assert f"EDITED `{missing}` not found" in one_line_error(result)
+
+
+def test_missing_folder_not_found(run, folders, tmp_path):
+    sources, _, _ = folders
+    missing = tmp_path / "no-such-folder"
+    result = run("score", missing, sources, "--metrics", CHEAP)
+    assert result.exit_code == 1
+    assert f"SOURCE `{missing}` not found" in one_line_error(result)
 
 
 @pytest.mark.parametrize(

@@ -16,12 +16,14 @@ from sam_edit.cli.score import (
     Metrics,
     PlotPath,
     Types,
+    check_limit,
+    check_plot_suffix,
     item_progress,
     load_models,
+    parse_types,
     show_results,
-    split_types,
 )
-from sam_edit.errors import SameditError
+from sam_edit.errors import SameditError, UsageError
 from sam_edit.models.registry import DEFAULT_SAM
 
 if TYPE_CHECKING:
@@ -33,8 +35,14 @@ if TYPE_CHECKING:
 DEFAULT_SEED = 1234
 
 
+def check_out_folder(out: Path) -> None:
+    """Reject an `--out` that exists and is not a folder, before any work."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"`--out` `{out}` exists and is not a folder; give a folder path (it is created if missing)")
+
+
 def print_summary(summary: runner.BenchSummary, shard: shards.Shard) -> None:
-    """Report the counts on stderr; failed edits one per line."""
+    """Report the counts on stderr, then each failed edit on one line (the only place it is printed)."""
     where = f" (shard {shard})" if shard.count > 1 else ""
     common.stderr.print(
         f"edited {summary.edited}, skipped {summary.skipped} finished before, failed {len(summary.failed)}{where}",
@@ -43,6 +51,15 @@ def print_summary(summary: runner.BenchSummary, shard: shards.Shard) -> None:
     for failure in summary.failed:
         common.stderr.print(f"failed: {failure['method']} {failure['id']}: {failure['error']}",
                             markup=False, highlight=False)
+
+
+def raise_if_failed(summary: runner.BenchSummary, attempted: int) -> None:
+    """Raise `SameditError` (exit 1) naming how many of the `attempted` edits failed."""
+    if summary.failed:
+        raise SameditError(
+            f"{len(summary.failed)} of {attempted} edits failed (listed above); "
+            "run the same command again to retry them"
+        )
 
 
 @common.handle_errors
@@ -93,12 +110,16 @@ def bench(
     from sam_edit.piebench import find_mapping_file, read_mapping
 
     run = common.RunOptions(device, dtype, offload, models, sam_model, progress, quiet)
+    check_out_folder(out)
     with common.usage_errors():
         config = runner.BenchConfig(runner.check_methods(methods.split(",")), steps, max_side, seed, use_gt_mask)
         metric_names = scoring.parse_metrics(metrics)
         explicit_shard = shards.parse_shard(shard) if shard else None
+        type_ids = parse_types(types)
+        check_limit(limit)
+    check_plot_suffix(plot)
     common.check_outputs((csv_path, plot), overwrite)
-    entries = read_mapping(pie_bench, split_types(types), limit)
+    entries = read_mapping(pie_bench, type_ids, limit)
 
     # 1. Which entries this process edits, and on which device.
     runtime = shards.process_runtime(run.runtime())
@@ -113,12 +134,15 @@ def bench(
     with item_progress(show, "editing", len(selected) * len(config.methods)) as advance:
         summary = runner.run_bench(selected, out, config, context, (lambda event: advance()) if advance else None)
     print_summary(summary, this_shard)
+    attempted = len(selected) * len(config.methods)
 
     # 3. Score: under a launcher the first process scores everything once all have finished.
+    # Failed edits are missing from the scores; the run exits 1 after scoring when any failed.
     scored = selected
     if launched_shard is not None:
         shards.wait_for_all_shards()
         if launched_shard.index != 0:
+            raise_if_failed(summary, attempted)
             return
         scored = entries
     elif this_shard.count > 1 and score:
@@ -131,11 +155,14 @@ def bench(
     if not score:
         if json_output:
             common.stdout.print(json.dumps(extra))
+        raise_if_failed(summary, attempted)
         return
     folders = {name: out / name for name in config.methods if scoring.has_edits(out / name, scored)}
     if not folders:
-        raise SameditError(f"no method produced an edit under `{out}`; see the failures above")
+        raise_if_failed(summary, attempted)
+        raise SameditError(f"no method produced an edit under `{out}`; nothing to score")
     score_models = load_models(metric_names, device, models)
     with item_progress(show, "scoring", len(scored) * len(folders)) as advance:
         results = scoring.score_methods(score_models, scored, folders, metric_names, dino_fixed, advance)
     show_results(results, metric_names, json_output, csv_path, plot, by_type=True, extra=extra)
+    raise_if_failed(summary, attempted)

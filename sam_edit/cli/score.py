@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from sam_edit.cli import common
+from sam_edit.errors import SameditError, UsageError
 from sam_edit.outputs import check_output
 
 if TYPE_CHECKING:
@@ -32,8 +33,40 @@ Types = Annotated[str | None, typer.Option("--types", help="Comma-separated PIE-
 Limit = Annotated[int | None, typer.Option("--limit", help="Keep the first N PIE-Bench images (after --types).", rich_help_panel="PIE-Bench")]
 
 
-def split_types(value: str | None) -> list[str] | None:
-    return None if value is None else [part.strip() for part in value.split(",") if part.strip()]
+def parse_types(value: str | None) -> list[str] | None:
+    """Parse `--types 1,2` into PIE-Bench editing type ids, or None to keep every type.
+
+    Raises `UsageError` for an empty list or a type outside 0 to 9.
+    """
+    if value is None:
+        return None
+    from sam_edit.piebench import EDITING_TYPES
+
+    types = [part.strip() for part in value.split(",") if part.strip()]
+    if not types:
+        raise UsageError("`--types` is empty; give PIE-Bench editing types 0 to 9, e.g. --types 1,2")
+    for type_id in types:
+        if type_id not in EDITING_TYPES:
+            raise UsageError(f"unknown editing type `{type_id}` in `--types`; PIE-Bench types are 0 to 9, e.g. --types 1,2")
+    return types
+
+
+def check_limit(limit: int | None) -> int | None:
+    if limit is not None and limit < 0:
+        raise UsageError(f"`--limit` {limit} is negative; give 0 or more")
+    return limit
+
+
+def check_plot_suffix(plot: Path | None) -> None:
+    """Reject a `--plot` suffix that matplotlib cannot write. A path without a suffix is written as PNG."""
+    if plot is None or not plot.suffix:
+        return
+    from matplotlib.figure import Figure
+
+    formats = sorted(Figure().canvas.get_supported_filetypes())
+    if plot.suffix.lstrip(".").lower() not in formats:
+        suffixes = ", ".join(f".{name}" for name in formats)
+        raise UsageError(f"`--plot` suffix `{plot.suffix}` is not supported; use one of {suffixes}")
 
 
 @contextmanager
@@ -87,8 +120,10 @@ def show_results(
         common.stderr.print(f"plot: {plot_path}", markup=False, highlight=False)
     for result in results:
         if result.missing:
+            total = len(result.rows) + len(result.missing)
             common.stderr.print(
-                f"{result.name}: {len(result.missing)} missing edits were not scored (first: {result.missing[0]})",
+                f"{result.name}: {len(result.missing)} of {total} edits are missing and were not scored "
+                f"(first: {result.missing[0]})",
                 markup=False, highlight=False,
             )
     if json_output:
@@ -115,7 +150,8 @@ def load_models(metrics: Sequence[str], device: str, models: str | None) -> Scor
 def check_mode(source, edited, pie_bench, outputs, mask, masks_dir, prompts, types, limit) -> str:
     """Return "pie-bench", "folders" or "pair"; raise `typer.BadParameter` for a mix of modes.
 
-    `prompts` is (--prompt, --source-prompt).
+    `prompts` is (--prompt, --source-prompt). A SOURCE or EDITED that does not exist raises
+    `SameditError` (exit 1) before the file and folder checks.
     """
     if pie_bench is not None:
         if source is not None or edited is not None:
@@ -132,6 +168,9 @@ def check_mode(source, edited, pie_bench, outputs, mask, masks_dir, prompts, typ
             raise typer.BadParameter("only used with --pie-bench", param_hint=option)
     if source is None or edited is None:
         raise typer.BadParameter("give SOURCE and EDITED (two images or two folders), or --pie-bench DIR --outputs DIR")
+    for path, name in ((source, "SOURCE"), (edited, "EDITED")):
+        if not path.exists():
+            raise SameditError(f"{name} `{path}` not found; give an existing image or folder")
     if source.is_dir() != edited.is_dir():
         raise typer.BadParameter(f"SOURCE `{source}` and EDITED `{edited}` must both be images or both folders")
     if source.is_dir():
@@ -187,11 +226,15 @@ def score(
     from sam_edit.piebench import read_mapping
 
     mode = check_mode(source, edited, pie_bench, outputs, mask, masks_dir, (prompt, source_prompt), types, limit)
-    metric_names = scoring.parse_metrics(metrics)
+    with common.usage_errors():
+        metric_names = scoring.parse_metrics(metrics)
+        type_ids = parse_types(types)
+        check_limit(limit)
+    check_plot_suffix(plot)
     check_outputs((csv_path, plot), overwrite)
     options = {"metrics": metric_names, "dino_fixed": dino_fixed}
     if mode == "pie-bench":
-        entries = read_mapping(pie_bench, split_types(types), limit)
+        entries = read_mapping(pie_bench, type_ids, limit)
         folders = scoring.find_method_folders(outputs, entries)
         score_models = load_models(metric_names, device, models)
         with item_progress(common.show_progress(progress, quiet), "scoring", len(entries) * len(folders)) as advance:
