@@ -51,7 +51,9 @@ MAX_SIDE_MAX = 2048
 
 
 def check_max_side(value: int) -> int:
-    """Reject a `--max-side` that is not a multiple of 8 (the VAE downsamples by 8)."""
+    """Reject a `--max-side` outside its bounds or not a multiple of 8 (the VAE downsamples by 8)."""
+    if not MAX_SIDE_MIN <= value <= MAX_SIDE_MAX:
+        raise typer.BadParameter(f"{value} is outside {MAX_SIDE_MIN} to {MAX_SIDE_MAX} px")
     if value % 8:
         lower, upper = value // 8 * 8, math.ceil(value / 8) * 8
         raise typer.BadParameter(f"{value} is not a multiple of 8; use {lower} or {upper}")
@@ -69,7 +71,7 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only results a
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log the chosen runtime and models; show tracebacks.", rich_help_panel="Output")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.", rich_help_panel="Output")]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print a JSON record on stdout.", rich_help_panel="Output")]
-MaxSide = Annotated[int, typer.Option("--max-side", min=MAX_SIDE_MIN, max=MAX_SIDE_MAX, callback=check_max_side, help="Longer side of the working size in pixels (a multiple of 8); the output keeps the input's size.")]
+MaxSide = Annotated[int, typer.Option("--max-side", callback=check_max_side, help=f"Longer side of the working size in pixels, {MAX_SIDE_MIN} to {MAX_SIDE_MAX} in multiples of 8; the output keeps the input's size.")]
 ImageArg = Annotated[Path, typer.Argument(help="Input photo (any format Pillow reads).", show_default=False)]
 
 
