@@ -162,6 +162,11 @@ def tensor_to_image(pixels: torch.Tensor, size: tuple[int, int] | None = None) -
     return image
 
 
+# Share of mid-grey pixels above which a mask is reported as probably not a mask. Antialiased
+# mask edges stay far below it.
+MASK_GREY_SHARE = 0.05
+
+
 def load_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
     """Read a mask PNG (white = edit) of the image's own `size`; return `[H, W]` bool."""
     path = Path(path)
@@ -178,7 +183,12 @@ def load_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
             f"mask `{path}` is {mask.size[0]}x{mask.size[1]} but the image is {size[0]}x{size[1]}; "
             "give a mask of the image's size"
         )
-    return np.asarray(mask) >= 128
+    values = np.asarray(mask)
+    grey = float(((values > 32) & (values < 224)).mean())
+    if grey > MASK_GREY_SHARE:
+        logger.warning("mask `%s` has %.0f%% grey pixels, so it may be a photo rather than a mask; "
+                       "it is cut at 128 (white = edit)", path, 100 * grey)
+    return values >= 128
 
 
 def a1111_parameters(settings: dict) -> str:

@@ -442,6 +442,9 @@ def run_edit(loaded: LoadedImage, request: EditRequest, context: Context, source
     (edited image at the input's size, settings to record in the PNG).
     """
     require_edit_models(request, source, context)
+    if request.source_prompt.casefold() == request.target_prompt.casefold() and request.instruction is None:
+        logger.warning("--to %r gives the same prompt as --from %r, so the edit has nothing to change",
+                       request.target_words, request.source_words)
     if not get_method(request.method).inversion_based:
         if inversion is not None:
             raise SameditError(

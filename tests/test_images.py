@@ -157,3 +157,20 @@ def test_animation_edits_first_frame_with_notice(tmp_path):
 
     assert loaded.image.getpixel((0, 0)) == (255, 0, 0)
     assert loaded.notices == ("has 3 frames; only the first is edited",)
+
+
+def test_photo_given_as_mask_warns(chelsea_path, caplog):
+    mask = load_mask(chelsea_path, (451, 300))
+
+    assert mask.shape == (300, 451)
+    assert "grey pixels" in caplog.text
+
+
+def test_black_and_white_mask_gives_no_warning(tmp_path, caplog):
+    path = tmp_path / "mask.png"
+    array = np.zeros((30, 40), dtype=np.uint8)
+    array[5:20, 10:30] = 255
+    Image.fromarray(array).save(path)
+
+    assert load_mask(path, (40, 30)).sum() == 15 * 20
+    assert "grey pixels" not in caplog.text

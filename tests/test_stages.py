@@ -225,3 +225,9 @@ def test_unused_region_flags_warn(chelsea, context, make_request, cat_mask_path,
 
     assert "ignores --mask and --rank" in caplog.text
     assert "does not read --masks" in caplog.text
+
+
+def test_same_words_warn(chelsea, context, make_request, caplog):
+    stages.run_edit(chelsea, make_request("p2p", target_words="Cat", num_steps=1), context)
+
+    assert "the edit has nothing to change" in caplog.text
