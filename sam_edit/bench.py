@@ -335,7 +335,8 @@ def edit_source(files: EntryFiles, method: str, use_gt_mask: bool) -> tuple[stag
     if needs_edit_region(method) and use_gt_mask:
         return stages.MaskSource(mask=files.need("gt_mask")), {"mask": "ground truth"}
     if needs_edit_region(method):
-        source = stages.MaskSource(rank=files.need("rank"), masks=files.need("masks"))
+        masks = files.need("masks") if needs_segments(method) else None  # only ControlNet reads the segments
+        source = stages.MaskSource(rank=files.need("rank"), masks=masks)
         return source, {"mask": "sam+clip"}
     if needs_segments(method):
         return stages.MaskSource(masks=files.need("masks")), {"mask": None}

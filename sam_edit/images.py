@@ -227,4 +227,10 @@ def read_png_settings(path: Path) -> dict:
         raise ImageError(f"cannot read `{path}`: {error}") from error
     if not text:
         raise ImageError(f"`{path}` carries no samedit settings; it was not written by `samedit edit`")
-    return json.loads(text)
+    try:
+        settings = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ImageError(f"`{path}` has damaged samedit settings (not JSON: {error})") from error
+    if not isinstance(settings, dict):
+        raise ImageError(f"`{path}` has damaged samedit settings (a JSON {type(settings).__name__}, not an object)")
+    return settings

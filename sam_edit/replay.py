@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from sam_edit.errors import StageFileError
+from sam_edit.errors import SameditError, StageFileError
 from sam_edit.images import LoadedImage, read_png_settings
 from sam_edit.methods.request import EditRequest
 from sam_edit.rank import RankConfig
@@ -20,6 +20,12 @@ from sam_edit.artifacts import mask_sha256
 from sam_edit.stages import MaskSource, given_edit_mask
 
 REQUEST_FIELDS = frozenset(field.name for field in dataclasses.fields(EditRequest))
+# The JSON types each recorded request field may have; None only where the field is optional.
+REQUEST_TYPES = {
+    field.name: ((int, float) if "float" in str(field.type) else (int,) if "int" in str(field.type) else (str,))
+    + ((type(None),) if "None" in str(field.type) else ())
+    for field in dataclasses.fields(EditRequest)
+}
 
 # Model sets whose ids have the form `<set>/<name>` (see `loaders.model_id`); real ids name a repo.
 SYNTHETIC_MODEL_SETS = ("tiny", "random-full")
@@ -54,11 +60,22 @@ def read_replay(path: Path, loaded: LoadedImage) -> Replay:
     if "method" not in settings or "source_words" not in settings or "target_words" not in settings:
         raise StageFileError(f"`{path}` lacks the method or the --from/--to words, so it cannot be replayed")
     fields = {name: value for name, value in settings.items() if name in REQUEST_FIELDS}
-    request = EditRequest(**fields)
+    request = build_request(path, fields)
     origin = settings.get("edit_region") or {}
     source, sam_model = mask_source(origin)
     check_given_mask(path, loaded, source, origin)
     return Replay(request, source, model_set_of(settings.get("models") or {}), sam_model)
+
+
+def build_request(path: Path, fields: dict) -> EditRequest:
+    """Rebuild the request from recorded fields; raise `StageFileError` naming the PNG when they are invalid."""
+    for name, value in fields.items():
+        if not isinstance(value, REQUEST_TYPES[name]):
+            raise StageFileError(f"`{path}` records an invalid {name} ({value!r}), so it cannot be replayed")
+    try:
+        return EditRequest(**fields)
+    except SameditError as error:
+        raise StageFileError(f"`{path}` records settings that are no longer valid ({error}), so it cannot be replayed") from error
 
 
 def check_given_mask(path: Path, loaded: LoadedImage, source: MaskSource, origin: dict) -> None:

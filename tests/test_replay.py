@@ -4,12 +4,12 @@ import dataclasses
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from typer.testing import CliRunner
 
 from sam_edit import stages
 from sam_edit.cli.app import app
-from sam_edit.errors import StageFileError
+from sam_edit.errors import ImageError, StageFileError
 from sam_edit.images import load_image, save_png
 from sam_edit.methods.request import EditRequest
 from sam_edit.rank import RankConfig
@@ -170,3 +170,27 @@ def test_replay_rejects_changed_mask_file(chelsea, mask_png, tiny, tmp_path):
 
     with pytest.raises(StageFileError, match="now gives another edit mask"):
         read_replay(tmp_path / "out.png", chelsea)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("not json", "not JSON"),
+    ("[1, 2]", "a JSON list"),
+])
+def test_damaged_settings_one_error(chelsea, tmp_path, text, message):
+    path = tmp_path / "damaged.png"
+    info = PngImagePlugin.PngInfo()
+    info.add_text("samedit", text)
+    chelsea.image.save(path, pnginfo=info)
+
+    with pytest.raises(ImageError, match=message):
+        read_replay(path, chelsea)
+
+
+@pytest.mark.parametrize(("field", "value"), [("source_words", None), ("seed", "abc"), ("num_steps", -1)])
+def test_invalid_recorded_field_names_png(chelsea, tmp_path, field, value):
+    settings = {"image_pixels_sha256": chelsea.pixels_sha256, "method": "p2p", "source_words": "cat",
+                "target_words": "tiger", field: value}
+    save_png(chelsea.image, tmp_path / "bad.png", settings)
+
+    with pytest.raises(StageFileError, match="cannot be replayed"):
+        read_replay(tmp_path / "bad.png", chelsea)
