@@ -17,7 +17,7 @@ from sam_edit.images import LoadedImage, read_png_settings
 from sam_edit.methods.request import EditRequest
 from sam_edit.rank import RankConfig
 from sam_edit.artifacts import mask_sha256
-from sam_edit.stages import MaskSource, given_edit_mask
+from sam_edit.stages import MaskSource, file_edit_mask
 
 REQUEST_FIELDS = frozenset(field.name for field in dataclasses.fields(EditRequest))
 # The JSON types each recorded request field may have; None only where the field is optional.
@@ -80,10 +80,10 @@ def build_request(path: Path, fields: dict) -> EditRequest:
 
 def check_given_mask(path: Path, loaded: LoadedImage, source: MaskSource, origin: dict) -> None:
     """Raise `StageFileError` when the recorded `--mask` or `--rank` file now gives another edit mask."""
-    given = given_edit_mask(loaded, source)
-    if given is None or "mask_sha256" not in origin:
+    from_file = file_edit_mask(loaded, source)
+    if from_file is None or "mask_sha256" not in origin:
         return
-    mask, _ = given
+    mask, _ = from_file
     if mask_sha256(mask) != origin["mask_sha256"]:
         flag, file = ("--mask", source.mask) if source.mask is not None else ("--rank", source.rank)
         raise StageFileError(

@@ -155,7 +155,7 @@ class MaskSource:
     """Origin of the edit region: `--mask`, else `--rank`, else SAM segments ranked by CLIP.
 
     The segments come from `--masks` when given, else SAM runs. Giving both `--mask` and
-    `--rank` raises `UsageError`.
+    `--rank`, or `--pick` with either of them, raises `UsageError`.
     """
 
     mask: Path | None = None  # --mask PNG, white = edit
@@ -168,9 +168,13 @@ class MaskSource:
             raise UsageError(
                 f"`--mask {self.mask}` and `--rank {self.rank}` both give the edit region; pass only one of them"
             )
+        if self.rank_config.pick and (self.mask is not None or self.rank is not None):
+            flag = "--mask" if self.mask is not None else "--rank"
+            raise UsageError(f"`--pick` chooses SAM segments, and `{flag}` already gives the edit region; "
+                             f"pass only one of them")
 
 
-def given_edit_mask(loaded: LoadedImage, source: MaskSource) -> tuple[np.ndarray, dict] | None:
+def file_edit_mask(loaded: LoadedImage, source: MaskSource) -> tuple[np.ndarray, dict] | None:
     """Return the edit mask of `--mask` or `--rank` and where it came from, or None when neither is given.
 
     Paths are recorded absolute, so that `edit --replay` finds them from any folder.
@@ -186,9 +190,9 @@ def given_edit_mask(loaded: LoadedImage, source: MaskSource) -> tuple[np.ndarray
 def find_edit_mask(loaded: LoadedImage, request: EditRequest, source: MaskSource,
                    context: Context) -> tuple[np.ndarray, dict]:
     """Return the edit mask `[H, W]` bool and a record of where it came from and of its digest."""
-    given = given_edit_mask(loaded, source)
-    if given is not None:
-        mask, origin = given
+    from_file = file_edit_mask(loaded, source)
+    if from_file is not None:
+        mask, origin = from_file
     else:
         segments = load_or_segment(loaded, source, context)
         ranking, _, _ = rank(loaded, segments, request.source_words, context, source.rank_config)
@@ -405,21 +409,25 @@ def run_noise_edit(loaded: LoadedImage, request: EditRequest, context: Context, 
     return edited, settings
 
 
+def region_use(request: EditRequest) -> tuple[bool, bool]:
+    """Return whether the edit reads an edit region, and whether it reads SAM's segments itself (ControlNet)."""
+    info = get_method(request.method)
+    if not info.inversion_based:
+        return info.needs_mask, False
+    method = get_inversion_method(request.method)
+    weight = method.residual_weight if request.residual_weight is None else request.residual_weight
+    return method.needs_mask or weight != 0, method.conditioning == "control"
+
+
 def require_edit_models(request: EditRequest, source: MaskSource, context: Context) -> None:
     """Check that every model the edit will load is cached, or fetch them, before any of them runs.
 
     With downloads off, one error names all the missing models, so one `samedit models pull`
     fetches them.
     """
-    info = get_method(request.method)
-    finds_mask, needs_segments = info.needs_mask, False
-    if info.inversion_based:
-        method = get_inversion_method(request.method)
-        weight = method.residual_weight if request.residual_weight is None else request.residual_weight
-        finds_mask = method.needs_mask or weight != 0
-        needs_segments = method.conditioning == "control"
-    ranks = finds_mask and source.mask is None and source.rank is None
-    segments = (ranks or needs_segments) and source.masks is None
+    uses_region, uses_segments = region_use(request)
+    ranks = uses_region and source.mask is None and source.rank is None
+    segments = (ranks or uses_segments) and source.masks is None
     names = loaders.required_models(request.method, segment=segments, rank=ranks, sam_model=context.sam_model)
     loaders.require_models(names, context.model_set)
 
@@ -429,8 +437,8 @@ def warn_unused_sources(method: str, source: MaskSource, uses_region: bool, uses
     if not uses_region and (source.mask is not None or source.rank is not None):
         logger.warning("method %s with residual weight 0 does not use the edit region and ignores --mask and --rank",
                        method)
-    region_given = source.mask is not None or source.rank is not None
-    if source.masks is not None and not uses_segments and (region_given or not uses_region):
+    region_from_file = source.mask is not None or source.rank is not None
+    if source.masks is not None and not uses_segments and (region_from_file or not uses_region):
         logger.warning("method %s does not read --masks here and ignores it", method)
 
 
@@ -453,9 +461,8 @@ def run_edit(loaded: LoadedImage, request: EditRequest, context: Context, source
             )
         return run_noise_edit(loaded, request, context, source)
     method = get_inversion_method(request.method)
-    weight = method.residual_weight if request.residual_weight is None else request.residual_weight
-    uses_region = method.needs_mask or weight != 0
-    warn_unused_sources(request.method, source, uses_region, method.conditioning == "control")
+    uses_region, uses_segments = region_use(request)
+    warn_unused_sources(request.method, source, uses_region, uses_segments)
     mask, origin, segments = None, {}, None
     if uses_region:
         mask, origin = find_edit_mask(loaded, request, source, context)

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from sam_edit import artifacts, stages
 from sam_edit.cli.app import app
 from sam_edit.errors import ModelNotCachedError, SameditError, StageFileError, UsageError
+from sam_edit.rank import RankConfig
 from sam_edit.segment import Segment
 
 # 80 one-token words push "cat" past the 75 word tokens that CLIP's 77-token context holds.
@@ -231,3 +232,9 @@ def test_same_words_warn(chelsea, context, make_request, caplog):
     stages.run_edit(chelsea, make_request("p2p", target_words="Cat", num_steps=1), context)
 
     assert "the edit has nothing to change" in caplog.text
+
+
+@pytest.mark.parametrize("flag", ["mask", "rank"])
+def test_pick_with_region_file_rejected(tmp_path, flag):
+    with pytest.raises(UsageError, match="`--pick`"):
+        stages.MaskSource(**{flag: tmp_path / "region"}, rank_config=RankConfig(pick=(1,)))
